@@ -1,0 +1,7 @@
+"""``python -m gdjax`` runs the ``gdjax`` command."""
+
+import sys
+
+from gdjax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The compiled training run that ``fit`` runs once and ``sweep`` vmaps.
+
+A run is a :class:`RunState` (train state, epoch, loss history buffers,
+convergence and divergence flags) advanced by :func:`train`: a
+``lax.while_loop`` over epochs whose body draws the epoch's order, runs a
+``lax.scan`` over its batches and then measures the full-data loss.
+
+Everything that changes between calls of the same shapes is a traced
+argument (hyperparameters, key, epochs, tol, the starting state), so those
+calls share one compiled program. The history buffers are sized for
+``epoch_capacity`` epochs, the requested count rounded up to a power of two,
+so most changes of ``epochs`` do not compile again either.
+
+A step whose loss or new parameters are not finite is rejected: the
+parameters stay at their last finite values, ``diverged`` is set with the
+step in ``diverged_at``, later steps of the epoch record NaN, and the run
+stops at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gdjax.data import Batch, DataIterator
+from gdjax.step import TrainState, batch_loss, make_step
+
+PyTree = Any
+
+
+class Config(NamedTuple):
+    """The static part of a run: equal configs share compiled programs."""
+
+    loss_fn: Callable
+    optimizer: Any  # a GradientTransformation, or a factory when ``factory``
+    factory: bool
+    has_aux: bool
+    batched: bool
+    log_every: int
+    epoch_capacity: int
+    loss_dtype: Any
+
+    def build(self, hparams: dict[str, jax.Array]) -> optax.GradientTransformation:
+        """The optimizer for these (possibly traced) hyperparameters."""
+        return self.optimizer(**hparams) if self.factory else self.optimizer
+
+
+class RunState(NamedTuple):
+    """Everything a run carries from one epoch to the next.
+
+    Attributes:
+      train: the :class:`gdjax.TrainState`.
+      epoch: epochs completed.
+      loss_sums: per window of ``log_every`` step positions, the sum of the
+        step losses (NaN after a divergence).
+      epoch_losses: full-data loss after each epoch (NaN where not run).
+      initial_loss: full-data loss before the first step.
+      converged: the full-data loss reached ``tol``.
+      diverged: a step produced a non-finite loss or parameters.
+      diverged_at: the step position rejected, or -1.
+    """
+
+    train: TrainState
+    epoch: jax.Array
+    loss_sums: jax.Array
+    epoch_losses: jax.Array
+    initial_loss: jax.Array
+    converged: jax.Array
+    diverged: jax.Array
+    diverged_at: jax.Array
+
+
+def capacity(epochs: int) -> int:
+    """History capacity for ``epochs``: the next power of two."""
+    return 1 << max(0, epochs - 1).bit_length()
+
+
+def num_windows(cfg: Config, steps_per_epoch: int) -> int:
+    return -(-cfg.epoch_capacity * steps_per_epoch // cfg.log_every)
+
+
+def full_loss(cfg: Config, it: DataIterator, params: PyTree) -> jax.Array:
+    """Mean loss over every example of the data set."""
+    objective = batch_loss(cfg.loss_fn, has_aux=cfg.has_aux, batched=cfg.batched)
+    mask = jnp.ones((it.num_examples,), bool)
+    return objective(params, Batch(it.data, mask))[0]
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return functools.reduce(jnp.logical_and, leaves, jnp.array(True))
+
+
+def start(cfg: Config, it: DataIterator, params: PyTree, hparams: dict[str, jax.Array]) -> RunState:
+    """The run state before the first epoch (traceable)."""
+    dtype = cfg.loss_dtype
+    train = TrainState(params, cfg.build(hparams).init(params), jnp.zeros((), jnp.int32))
+    return RunState(
+        train=train,
+        epoch=jnp.zeros((), jnp.int32),
+        loss_sums=jnp.zeros((num_windows(cfg, it.num_batches),), dtype),
+        epoch_losses=jnp.full((cfg.epoch_capacity,), jnp.nan, dtype),
+        initial_loss=full_loss(cfg, it, params).astype(dtype),
+        converged=jnp.array(False),
+        diverged=jnp.array(False),
+        diverged_at=jnp.array(-1, jnp.int32),
+    )
+
+
+def train(
+    cfg: Config,
+    it: DataIterator,
+    run: RunState,
+    hparams: dict[str, jax.Array],
+    key: jax.Array,
+    epochs: jax.Array,
+    tol: jax.Array,
+) -> RunState:
+    """Advance ``run`` until ``epochs`` epochs, convergence or divergence (traceable)."""
+    steps = it.num_batches
+    step = make_step(cfg.loss_fn, cfg.build(hparams), has_aux=cfg.has_aux, batched=cfg.batched)
+    nan = jnp.array(jnp.nan, cfg.loss_dtype)
+
+    def one_step(carry, xs):
+        state, diverged, diverged_at = carry
+        idx, mask, pos = xs
+        new, metrics = step(state, it.gather(idx, mask))
+        loss = metrics["loss"].astype(cfg.loss_dtype)
+        ok = ~diverged & jnp.isfinite(loss) & _all_finite(new.params)
+        state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        newly = ~diverged & ~ok
+        diverged_at = jnp.where(newly, pos, diverged_at)
+        return (state, diverged | newly, diverged_at), jnp.where(diverged, nan, loss)
+
+    def epoch_body(run: RunState) -> RunState:
+        idx, mask = it.epoch_indices(key, run.epoch)
+        pos = run.epoch * steps + jnp.arange(steps, dtype=jnp.int32)
+        (state, diverged, diverged_at), losses = jax.lax.scan(
+            one_step, (run.train, run.diverged, run.diverged_at), (idx, mask, pos)
+        )
+        if cfg.log_every == 1:
+            sums = jax.lax.dynamic_update_slice(run.loss_sums, losses, (run.epoch * steps,))
+        else:
+            sums = run.loss_sums.at[pos // cfg.log_every].add(losses)
+        loss = full_loss(cfg, it, state.params).astype(cfg.loss_dtype)
+        bad = ~diverged & ~jnp.isfinite(loss)
+        diverged_at = jnp.where(bad, pos[-1], diverged_at)
+        return RunState(
+            train=state,
+            epoch=run.epoch + 1,
+            loss_sums=sums,
+            epoch_losses=run.epoch_losses.at[run.epoch].set(loss),
+            initial_loss=run.initial_loss,
+            converged=loss <= tol,
+            diverged=diverged | bad,
+            diverged_at=diverged_at,
+        )
+
+    def going(run: RunState) -> jax.Array:
+        return (run.epoch < epochs) & ~run.converged & ~run.diverged
+
+    return jax.lax.while_loop(going, epoch_body, run)
+
+
+start_jit = jax.jit(start, static_argnums=0)
+train_jit = jax.jit(train, static_argnums=0)
+
+
+def stop_position(run_epoch: int, diverged_at: int, steps_per_epoch: int) -> int:
+    """Step positions a run went through (including a rejected one)."""
+    if diverged_at >= 0:
+        return min(diverged_at + 1, run_epoch * steps_per_epoch)
+    return run_epoch * steps_per_epoch
+
+
+def window_means(sums: np.ndarray, positions: int, log_every: int) -> np.ndarray:
+    """Turn window sums over ``positions`` step positions into window means."""
+    count = -(-positions // log_every)
+    sizes = np.minimum(log_every, positions - log_every * np.arange(count))
+    return sums[..., :count] / sizes

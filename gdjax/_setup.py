@@ -1,0 +1,159 @@
+"""Argument checks and configuration shared by ``fit`` and ``sweep``.
+
+Everything here runs on the host before anything is compiled: the loss is
+checked with ``jax.eval_shape`` on one example, so a wrong return type or a
+params/data mismatch fails with a plain sentence instead of a trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gdjax import _checks
+from gdjax._engine import Config, capacity
+from gdjax.data import Batch, DataIterator
+from gdjax.step import batch_loss
+
+PyTree = Any
+
+
+def check_data(data: Any) -> DataIterator:
+    if not isinstance(data, DataIterator):
+        raise TypeError(
+            f"data must be a gdjax DataIterator; got {type(data).__name__}. Wrap your arrays with "
+            f"gd.minibatch(data, batch_size=32), gd.stochastic(data) or gd.full_batch(data)."
+        )
+    return data
+
+
+def check_params(params: PyTree, name: str = "params") -> None:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise ValueError(f"{name} is empty: there is nothing to train. Pass a pytree of float arrays.")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{name}{jax.tree_util.keystr(path)} must be a float array to be trained; got "
+                f"{dtype if dtype is not None else type(leaf).__name__}. Use jnp.asarray(value, jnp.float32)."
+            )
+
+
+def is_factory(optimizer: Any) -> bool:
+    if isinstance(optimizer, optax.GradientTransformation):
+        return False
+    if callable(optimizer):
+        return True
+    raise TypeError(
+        f"optimizer must be an optax GradientTransformation (optax.sgd(0.1)) or a factory "
+        f"(optax.sgd, with learning_rate=...); got {type(optimizer).__name__}."
+    )
+
+
+def hyperparameters(
+    optimizer: Any, learning_rate: Any, hyperparams: Mapping[str, Any] | None, *, allow_arrays: bool
+) -> dict[str, Any]:
+    """Collect ``learning_rate`` and ``hyperparams`` into one checked mapping of numpy values."""
+    factory = is_factory(optimizer)
+    hyperparams = dict(hyperparams or {})
+    if not isinstance(hyperparams, dict) or not all(isinstance(k, str) for k in hyperparams):
+        raise TypeError("hyperparams must be a mapping from keyword names (str) to values.")
+    if "learning_rate" in hyperparams and learning_rate is not None:
+        raise ValueError("learning_rate is given twice: as learning_rate= and in hyperparams. Give it once.")
+    if learning_rate is not None:
+        hyperparams = {"learning_rate": learning_rate, **hyperparams}
+    if not factory:
+        if hyperparams:
+            raise ValueError(
+                f"optimizer is already built (a GradientTransformation), so {sorted(hyperparams)} cannot be "
+                f"applied. Pass the factory instead, e.g. optimizer=optax.sgd, learning_rate=0.1."
+            )
+        return {}
+    if not hyperparams:
+        raise ValueError(
+            f"optimizer {getattr(optimizer, '__name__', optimizer)!r} is a factory, so it needs its values: "
+            f"pass learning_rate=... (and hyperparams={{...}} for others), or pass a built optimizer."
+        )
+    out = {}
+    for name, value in hyperparams.items():
+        arr = _checks.check_hyperparam(value, name)
+        if arr.ndim != 0 and not allow_arrays:
+            raise ValueError(f"{name} must be a single number in fit; got shape {arr.shape}. Use gd.sweep for many.")
+        out[name] = arr
+    return out
+
+
+def loss_dtype(
+    loss_fn: Callable, params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool
+) -> Any:
+    """Check the loss on one batch with ``eval_shape`` and return its dtype."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
+    objective = batch_loss(loss_fn, has_aux=has_aux, batched=batched)
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
+    batch = Batch(example, jax.ShapeDtypeStruct((it.batch_size,), bool))
+    try:
+        out = jax.eval_shape(objective, params, batch)
+    except TypeError as exc:
+        if "loss_fn must return" in str(exc):
+            raise
+        raise _mismatch(params, it, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's function
+        raise _mismatch(params, it, exc) from exc
+    return out[0].dtype
+
+
+def _mismatch(params: PyTree, it: DataIterator, exc: Exception) -> TypeError:
+    shapes = lambda tree: jax.tree.map(lambda x: f"{getattr(x, 'dtype', '?')}{list(getattr(x, 'shape', ()))}", tree)  # noqa: E731
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), it.data)
+    return TypeError(
+        f"loss_fn(params, example) failed on these structures: params = {shapes(params)}, "
+        f"example = {shapes(example)}. Make the loss accept them. The error was: {type(exc).__name__}: {exc}"
+    )
+
+
+def config(
+    loss_fn: Callable,
+    optimizer: Any,
+    params: PyTree,
+    it: DataIterator,
+    *,
+    epochs: int,
+    log_every: int,
+    has_aux: bool,
+    batched: bool,
+) -> Config:
+    dtype = loss_dtype(loss_fn, params, it, has_aux=has_aux, batched=batched)
+    return Config(
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        factory=is_factory(optimizer),
+        has_aux=bool(has_aux),
+        batched=bool(batched),
+        log_every=log_every,
+        epoch_capacity=capacity(epochs),
+        loss_dtype=dtype,
+    )
+
+
+def common(loss_fn, params, optimizer, data, epochs, key, tol, log_every):
+    """Check the arguments ``fit`` and ``sweep`` share; return (it, epochs, key, tol, log_every)."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
+    it = check_data(data)
+    epochs = _checks.check_positive_int(epochs, "epochs", low=1)
+    key = _checks.check_key(key)
+    tol = _checks.check_tol(tol)
+    log_every = _checks.check_positive_int(log_every, "log_every", low=1)
+    is_factory(optimizer)
+    return it, epochs, key, tol, log_every
+
+
+def float_array(value: Any) -> jax.Array:
+    """A hyperparameter as a JAX array of the default float dtype."""
+    return jnp.asarray(value, dtype=jnp.result_type(float))

@@ -1,0 +1,321 @@
+"""The data iterator: single samples, full batch or shuffled mini-batches.
+
+A :class:`DataIterator` holds a pytree of arrays that share a leading axis of
+``N`` examples, placed on the device once, and a static batch shape. It has
+two faces that yield the same batches:
+
+* the **compiled face**, used inside ``jit``/``scan``/``vmap``:
+  :meth:`DataIterator.epoch_indices` gives the whole epoch's indices and
+  masks, :meth:`DataIterator.gather` gathers one batch on the device, and the
+  pair :meth:`DataIterator.init` / :meth:`DataIterator.next` steps through the
+  data one batch at a time with an :class:`IteratorState` that is just
+  ``(key, epoch, batch)``, so a run can stop and resume mid-epoch exactly;
+* the **host face** :meth:`DataIterator.iterate`, a Python generator for
+  hand-written loops.
+
+Contract:
+
+* one epoch visits every example exactly once, in an order drawn from
+  ``(key, epoch)`` by :mod:`gdjax.shuffle` (or in storage order when
+  ``shuffle=False``);
+* every batch has the static shape ``batch_size``; the ragged last batch is
+  padded (with copies of a real example) and its :attr:`Batch.mask` marks the
+  padding ``False``, so losses weighted by the mask are exact;
+* only ``drop_remainder=True`` skips examples: exactly ``N % batch_size`` of
+  them per epoch, a different set each epoch when shuffled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gdjax import _checks
+from gdjax.shuffle import permute, round_keys
+
+__all__ = ["Batch", "DataIterator", "IteratorState", "full_batch", "minibatch", "stochastic"]
+
+PyTree = Any
+
+
+class Batch(NamedTuple):
+    """One batch of examples.
+
+    Attributes:
+      data: the pytree of ``data`` with a leading axis of ``batch_size``.
+      mask: bool array of shape ``(batch_size,)``; ``False`` marks padding.
+    """
+
+    data: PyTree
+    mask: jax.Array
+
+
+class IteratorState(NamedTuple):
+    """Where an iterator stands: a small pytree that jit, scan and vmap carry.
+
+    Attributes:
+      key: the PRNG key the epoch orders are drawn from.
+      epoch: int32 scalar, the current epoch (from 0).
+      batch: int32 scalar, the next batch of that epoch (from 0).
+    """
+
+    key: jax.Array
+    epoch: jax.Array
+    batch: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DataIterator:
+    """Batches over a pytree of arrays that share a leading axis.
+
+    Build one with :func:`minibatch`, :func:`stochastic` or :func:`full_batch`
+    rather than directly. It is a pytree whose leaves are the data arrays, so
+    it can be passed into ``jax.jit`` as an argument.
+
+    Attributes:
+      data: the pytree of device arrays, each with leading axis ``num_examples``.
+      num_examples: ``N``, the examples in the data.
+      batch_size: the static batch size ``B``.
+      shuffle: whether each epoch has a fresh order drawn from ``(key, epoch)``.
+      drop_remainder: whether the last ``N % B`` examples of each epoch's
+        order are skipped instead of padded.
+    """
+
+    data: PyTree
+    num_examples: int = dataclasses.field(metadata={"static": True})
+    batch_size: int = dataclasses.field(metadata={"static": True})
+    shuffle: bool = dataclasses.field(metadata={"static": True})
+    drop_remainder: bool = dataclasses.field(metadata={"static": True})
+
+    @property
+    def num_batches(self) -> int:
+        """Batches (steps) per epoch."""
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_remainder else -(-n // b)
+
+    @property
+    def examples_per_epoch(self) -> int:
+        """Examples that carry weight in one epoch (``N`` unless dropping)."""
+        if self.drop_remainder:
+            return self.num_batches * self.batch_size
+        return self.num_examples
+
+    @property
+    def spec(self) -> tuple[int, int, bool, bool]:
+        """The static part ``(N, B, shuffle, drop_remainder)``: equal specs share compiled code."""
+        return (self.num_examples, self.batch_size, self.shuffle, self.drop_remainder)
+
+    # ----- the compiled face -------------------------------------------------
+
+    def indices(self, key: jax.Array, epoch: jax.Array | int, batch: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+        """Indices and mask of one batch of one epoch; traceable.
+
+        Args:
+          key: PRNG key of the run.
+          epoch: epoch number (may be traced).
+          batch: batch number within the epoch, in ``[0, num_batches)``.
+
+        Returns:
+          ``(idx, mask)``: int32 ``(batch_size,)`` indices into the data and
+          the bool mask; padded slots point at a real example and are masked.
+        """
+        positions = batch * self.batch_size + jnp.arange(self.batch_size, dtype=jnp.int32)
+        return self._lookup(key, epoch, positions)
+
+    def epoch_indices(self, key: jax.Array, epoch: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+        """Indices and masks of every batch of one epoch; traceable.
+
+        Returns:
+          ``(idx, mask)`` of shapes ``(num_batches, batch_size)``; row ``b``
+          equals ``self.indices(key, epoch, b)``.
+        """
+        positions = jnp.arange(self.num_batches * self.batch_size, dtype=jnp.int32)
+        idx, mask = self._lookup(key, epoch, positions)
+        shape = (self.num_batches, self.batch_size)
+        return idx.reshape(shape), mask.reshape(shape)
+
+    def _lookup(self, key: jax.Array, epoch: jax.Array | int, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        n = self.num_examples
+        mask = positions < n
+        positions = jnp.where(mask, positions, 0)
+        if self.shuffle:
+            idx = permute(positions, round_keys(key, epoch), n)
+        else:
+            idx = positions
+        return idx, mask
+
+    def gather(self, idx: jax.Array, mask: jax.Array) -> Batch:
+        """The batch at ``idx`` (from :meth:`indices`), gathered on the device."""
+        if self.is_whole_data:
+            return Batch(self.data, mask)
+        return Batch(jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), self.data), mask)
+
+    @property
+    def is_whole_data(self) -> bool:
+        """True when every batch is the data itself in storage order (full batch, unshuffled)."""
+        return self.batch_size == self.num_examples and not self.shuffle
+
+    def init(self, key: jax.Array) -> IteratorState:
+        """The state at the start of epoch 0 for ``key``."""
+        key = _checks.check_key(key)
+        zero = jnp.zeros((), jnp.int32)
+        return IteratorState(key, zero, zero)
+
+    def next(self, state: IteratorState) -> tuple[Batch, IteratorState]:
+        """The batch at ``state`` and the state after it; pure and traceable.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, gdjax as gd
+          >>> it = gd.minibatch(jnp.arange(10.0), batch_size=4)
+          >>> batch, state = it.next(it.init(jax.random.key(0)))
+          >>> batch.data.shape, int(state.batch)
+          ((4,), 1)
+        """
+        idx, mask = self.indices(state.key, state.epoch, state.batch)
+        nxt = state.batch + 1
+        wrap = nxt >= self.num_batches
+        new = IteratorState(state.key, state.epoch + wrap.astype(jnp.int32), jnp.where(wrap, 0, nxt).astype(jnp.int32))
+        return self.gather(idx, mask), new
+
+    # ----- the host face -----------------------------------------------------
+
+    def iterate(self, key: jax.Array, epoch: int = 0, *, start: int = 0) -> Iterator[Batch]:
+        """Yield the batches of one epoch, for hand-written Python loops.
+
+        These are the batches the compiled loops use for the same key and
+        epoch, bit for bit, gathered on the device.
+
+        Args:
+          key: PRNG key of the run.
+          epoch: which epoch's order to use.
+          start: the first batch to yield (to resume mid-epoch).
+
+        Yields:
+          :class:`Batch` values, ``num_batches - start`` of them.
+
+        Example:
+          >>> import jax, jax.numpy as jnp, gdjax as gd
+          >>> it = gd.minibatch({"x": jnp.ones((10, 3))}, batch_size=4)
+          >>> [int(b.mask.sum()) for b in it.iterate(jax.random.key(0))]
+          [4, 4, 2]
+        """
+        key = _checks.check_key(key)
+        epoch = _checks.check_positive_int(epoch, "epoch", low=0)
+        start = _checks.check_positive_int(start, "start", low=0, high=self.num_batches)
+        idx, mask = _epoch_indices(self, key, epoch)
+        for b in range(start, self.num_batches):
+            yield _gather(self, idx[b], mask[b])
+
+    def __iter__(self):
+        raise TypeError(
+            "A DataIterator needs a key to iterate: use it.iterate(jax.random.key(seed), epoch=0)."
+        )
+
+
+@jax.jit
+def _epoch_indices(it: DataIterator, key: jax.Array, epoch: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return it.epoch_indices(key, epoch)
+
+
+@jax.jit
+def _gather(it: DataIterator, idx: jax.Array, mask: jax.Array) -> Batch:
+    return it.gather(idx, mask)
+
+
+def minibatch(data: PyTree, batch_size: int, *, shuffle: bool = True, drop_remainder: bool = False) -> DataIterator:
+    """Mini-batches of ``batch_size`` examples, reshuffled every epoch.
+
+    Args:
+      data: a pytree of arrays (numpy or JAX) that share a leading axis of
+        ``N`` examples; for example ``{"x": X, "y": y}`` or ``(X, y)``.
+      batch_size: examples per batch, in ``[1, N]``.
+      shuffle: draw a fresh order each epoch from ``(key, epoch)``; with
+        ``False`` batches follow storage order.
+      drop_remainder: skip the last ``N % batch_size`` examples of each
+        epoch's order instead of padding them into a masked last batch.
+
+    Returns:
+      A :class:`DataIterator` with the data on the default device.
+
+    Raises:
+      ValueError: leading axes differ, data is empty, has a zero-length
+        feature axis or a non-finite value, or ``batch_size`` is out of range.
+      TypeError: a leaf is not a real-valued array, or ``batch_size`` is not
+        an integer.
+
+    Example:
+      >>> import numpy as np, gdjax as gd
+      >>> it = gd.minibatch({"x": np.zeros((100, 3)), "y": np.zeros(100)}, batch_size=32)
+      >>> it.num_batches, it.batch_size
+      (4, 32)
+    """
+    return _build(data, batch_size, shuffle, drop_remainder)
+
+
+def _build(data: PyTree, batch_size: int | None, shuffle: bool, drop_remainder: bool) -> DataIterator:
+    """Check everything and build the iterator; ``batch_size=None`` means ``N``."""
+    leaves = _prepare(data)
+    n = leaves[0][1].shape[0]
+    if batch_size is not None:
+        batch_size = _checks.check_positive_int(batch_size, "batch_size", low=1, high=n)
+    else:
+        batch_size = n
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False; got {shuffle!r}.")
+    if not isinstance(drop_remainder, bool):
+        raise TypeError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
+    treedef = jax.tree.structure(data)
+    arrays = jax.tree.unflatten(treedef, [leaf for _, leaf in leaves])
+    return DataIterator(arrays, n, batch_size, shuffle, drop_remainder)
+
+
+def stochastic(data: PyTree, *, shuffle: bool = True) -> DataIterator:
+    """One example per step, shuffled each epoch: stochastic gradient descent.
+
+    Example:
+      >>> import numpy as np, gdjax as gd
+      >>> gd.stochastic(np.zeros((50, 2))).num_batches
+      50
+    """
+    return _build(data, 1, shuffle, False)
+
+
+def full_batch(data: PyTree) -> DataIterator:
+    """All ``N`` examples in every step, one step per epoch: batch gradient descent.
+
+    Example:
+      >>> import numpy as np, gdjax as gd
+      >>> gd.full_batch(np.zeros((50, 2))).num_batches
+      1
+    """
+    return _build(data, None, False, False)
+
+
+def _prepare(data: PyTree) -> list[tuple[tuple, jax.Array]]:
+    """Check ``data`` and return its (path, device array) leaves."""
+    if isinstance(data, DataIterator):
+        raise TypeError("data is already a DataIterator; pass its .data to build another one.")
+    paths = jax.tree_util.tree_flatten_with_path(data)[0]
+    if not paths:
+        raise ValueError(
+            "data is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
+            "such as {'x': X, 'y': y}."
+        )
+    leaves = [(path, _checks.as_device_leaf(path, leaf)) for path, leaf in paths]
+    lengths = {_checks.leaf_name(path): arr.shape[0] for path, arr in leaves}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+        raise ValueError(
+            f"data leaves must share the leading axis (one row per example), but {shown}. "
+            f"Make them the same length."
+        )
+    if leaves[0][1].shape[0] == 0:
+        raise ValueError("data is empty: its leading axis has length 0. Pass at least one example.")
+    return leaves
+
+

@@ -1,0 +1,164 @@
+"""The pure training step.
+
+``make_step(loss_fn, optimizer)`` returns ``step(state, batch) -> (state,
+metrics)``: one gradient of the mask-weighted mean loss over the batch and one
+optimizer update. It has no hidden state and does not ``jit`` itself; the
+caller decides where to ``jit``, ``scan`` or ``vmap`` it.
+
+``loss_fn(params, example) -> scalar`` is the loss of one example (a slice of
+the data without its leading axis). The step maps it over the batch with
+``vmap`` and takes ``sum(mask * loss) / sum(mask)``, so a padded ragged batch
+gives exactly the mean over its real examples. With ``batched=True``,
+``loss_fn(params, batch)`` receives the whole :class:`gdjax.Batch` and must
+weight by ``batch.mask`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gdjax.data import Batch
+
+__all__ = ["TrainState", "batch_loss", "init", "make_step"]
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes.
+
+    Attributes:
+      params: the model parameters (any pytree).
+      opt_state: the optimizer's state.
+      step: int32 scalar, the number of updates taken.
+    """
+
+    params: PyTree
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def init(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
+    """The state before the first step.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, gdjax as gd
+      >>> state = gd.init({"w": jnp.zeros(3)}, optax.sgd(0.1))
+      >>> int(state.step)
+      0
+    """
+    _check_optimizer(optimizer)
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation such as optax.sgd(0.1); got "
+            f"{type(optimizer).__name__}. If you passed a factory like optax.sgd, call it with a learning rate."
+        )
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    count = jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1)
+    return jnp.sum(jnp.where(mask, values, 0)) / count
+
+
+def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = False) -> Callable:
+    """Turn a per-example loss into ``f(params, batch) -> (loss, aux)``.
+
+    ``aux`` is the mask-weighted mean of each floating leaf of the per-example
+    auxiliary output (``None`` without ``has_aux``).
+
+    Raises:
+      TypeError: at trace time, if ``loss_fn`` does not return a float scalar.
+    """
+
+    def per_example(params: PyTree, example: PyTree) -> tuple[jax.Array, Any]:
+        out = loss_fn(params, example)
+        loss, aux = out if has_aux else (out, None)
+        check_scalar_loss(loss, has_aux=has_aux)
+        return loss, aux
+
+    def fn(params: PyTree, batch: Batch) -> tuple[jax.Array, Any]:
+        if batched:
+            out = loss_fn(params, batch)
+            loss, aux = out if has_aux else (out, None)
+            check_scalar_loss(loss, has_aux=has_aux)
+            return loss, aux
+        losses, aux = jax.vmap(per_example, in_axes=(None, 0))(params, batch.data)
+        loss = _masked_mean(losses, batch.mask)
+        if aux is not None:
+            aux = jax.tree.map(lambda a: _masked_mean(a, batch.mask) if jnp.issubdtype(a.dtype, jnp.floating) else a, aux)
+        return loss, aux
+
+    return fn
+
+
+def check_scalar_loss(loss: Any, *, has_aux: bool) -> None:
+    """Raise TypeError unless ``loss`` is a float scalar (works on tracers and shapes)."""
+    shape = getattr(loss, "shape", None)
+    dtype = getattr(loss, "dtype", None)
+    if shape is None or dtype is None or tuple(shape) != () or not jnp.issubdtype(dtype, jnp.floating):
+        got = f"shape {tuple(shape)} dtype {dtype}" if shape is not None else type(loss).__name__
+        hint = (
+            " With has_aux=True it must return (loss, aux)."
+            if has_aux
+            else " If it returns (loss, aux), pass has_aux=True; if it returns one value per example, reduce it."
+        )
+        raise TypeError(f"loss_fn must return a float scalar (the loss of one example); it returned {got}.{hint}")
+
+
+def make_step(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    has_aux: bool = False,
+    batched: bool = False,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
+    """Build the pure step ``step(state, batch) -> (state, metrics)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, example) -> scalar`` (or ``(scalar, aux)``
+        with ``has_aux``); with ``batched=True``, ``loss_fn(params, batch)``.
+      optimizer: any optax ``GradientTransformation``; its ``update`` is given
+        the params, so optimizers that need them (weight decay, lookahead...)
+        work.
+      has_aux: ``loss_fn`` returns ``(loss, aux)``; ``metrics["aux"]`` holds
+        the batch mean of ``aux``.
+      batched: ``loss_fn`` takes the whole batch and applies the mask itself.
+
+    Returns:
+      A pure function; ``metrics["loss"]`` is the batch's mean loss before
+      the update. Wrap it in ``jax.jit`` yourself.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, gdjax as gd
+      >>> data = {"x": jnp.arange(8.0), "y": 2 * jnp.arange(8.0)}
+      >>> loss = lambda p, ex: (p * ex["x"] - ex["y"]) ** 2
+      >>> opt = optax.sgd(0.01)
+      >>> step = jax.jit(gd.make_step(loss, opt))
+      >>> state = gd.init(jnp.zeros(()), opt)
+      >>> for batch in gd.minibatch(data, 4).iterate(jax.random.key(0)):
+      ...     state, metrics = step(state, batch)
+      >>> int(state.step)
+      2
+    """
+    _check_optimizer(optimizer)
+    objective = batch_loss(loss_fn, has_aux=has_aux, batched=batched)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
+        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss}
+        if has_aux:
+            metrics["aux"] = aux
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    return step
