@@ -26,7 +26,7 @@ def leaf_name(path: tuple) -> str:
 
 def check_key(key: Any, name: str = "key") -> jax.Array:
     """Return ``key`` if it is a JAX PRNG key (typed or raw uint32[2])."""
-    if isinstance(key, jax.Array) or isinstance(key, np.ndarray):
+    if isinstance(key, jax.Array | np.ndarray):
         dtype = key.dtype
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ():
             return key
@@ -81,12 +81,12 @@ def check_hyperparam(value: Any, name: str) -> np.ndarray:
     return arr
 
 
-def as_device_leaf(path: tuple, leaf: Any) -> jax.Array:
-    """Check one data leaf and place it on the default device, once."""
+def check_leaf(path: tuple, leaf: Any) -> Any:
+    """Check one data leaf on the host; float64 becomes float32 unless x64 is on."""
     name = leaf_name(path)
     try:
         arr = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-    except Exception as exc:  # noqa: BLE001 - anything that is not an array
+    except Exception as exc:
         raise TypeError(f"{name} must be an array; got {type(leaf).__name__} ({exc}).") from None
     dtype = np.dtype(arr.dtype) if not jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key) else None
     if dtype is None or dtype.kind not in "biuf":
@@ -97,6 +97,8 @@ def as_device_leaf(path: tuple, leaf: Any) -> jax.Array:
         )
     if arr.ndim == 0:
         raise ValueError(f"{name} is a scalar; every leaf of data needs a leading axis of examples.")
+    if arr.shape[0] == 0:
+        raise ValueError(f"data is empty: {name} has a leading axis of length 0. Pass at least one example.")
     if any(s == 0 for s in arr.shape[1:]):
         raise ValueError(
             f"{name} has shape {tuple(arr.shape)}: a trailing axis of length 0 (zero features). "
@@ -120,4 +122,4 @@ def as_device_leaf(path: tuple, leaf: Any) -> jax.Array:
                     stacklevel=4,
                 )
             arr = np.asarray(arr, np.float32)
-    return jnp.asarray(arr)
+    return arr

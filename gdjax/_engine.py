@@ -20,6 +20,7 @@ stops at the end of the epoch.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -45,6 +46,7 @@ class Config(NamedTuple):
     log_every: int
     epoch_capacity: int
     loss_dtype: Any
+    unroll: int = 1
 
     def build(self, hparams: dict[str, jax.Array]) -> optax.GradientTransformation:
         """The optimizer for these (possibly traced) hyperparameters."""
@@ -74,6 +76,21 @@ class RunState(NamedTuple):
     converged: jax.Array
     diverged: jax.Array
     diverged_at: jax.Array
+
+
+#: Steps whose parameter count times batch size is at most this are unrolled
+#: ``SMALL_STEP_UNROLL`` times in the scan: for such small steps the loop's own
+#: overhead dominates (measured: 35% less time for linear regression with
+#: D=64 and batch 32 on a 2-core CPU), while for large ones unrolling only
+#: lengthens compilation.
+SMALL_STEP_WORK = 2**16
+SMALL_STEP_UNROLL = 4
+
+
+def unroll_for(params: PyTree, batch_size: int) -> int:
+    """How many steps the epoch's scan unrolls for these params and batch size."""
+    size = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    return SMALL_STEP_UNROLL if size * batch_size <= SMALL_STEP_WORK else 1
 
 
 def capacity(epochs: int) -> int:
@@ -142,7 +159,7 @@ def train(
         idx, mask = it.epoch_indices(key, run.epoch)
         pos = run.epoch * steps + jnp.arange(steps, dtype=jnp.int32)
         (state, diverged, diverged_at), losses = jax.lax.scan(
-            one_step, (run.train, run.diverged, run.diverged_at), (idx, mask, pos)
+            one_step, (run.train, run.diverged, run.diverged_at), (idx, mask, pos), unroll=cfg.unroll
         )
         if cfg.log_every == 1:
             sums = jax.lax.dynamic_update_slice(run.loss_sums, losses, (run.epoch * steps,))
@@ -168,8 +185,45 @@ def train(
     return jax.lax.while_loop(going, epoch_body, run)
 
 
-start_jit = jax.jit(start, static_argnums=0)
-train_jit = jax.jit(train, static_argnums=0)
+def run(
+    cfg: Config,
+    it: DataIterator,
+    params: PyTree,
+    hparams: dict[str, jax.Array],
+    key: jax.Array,
+    epochs: jax.Array,
+    tol: jax.Array,
+) -> RunState:
+    """A whole run from fresh parameters (traceable)."""
+    return train(cfg, it, start(cfg, it, params, hparams), hparams, key, epochs, tol)
+
+
+_EXECUTABLES: dict[Any, Any] = {}
+_MAX_EXECUTABLES = 64
+
+
+def signature(tree: PyTree) -> Any:
+    """A hashable description of a pytree's structure, shapes, dtypes and shardings."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves)
+
+
+def executable(fn: Callable, cfg: Config, *args: Any) -> tuple[Callable, float]:
+    """The compiled ``fn(cfg, *args)`` for these argument shapes, and the seconds spent compiling it.
+
+    ``jax.jit`` would also cache, but asking it for the executable retraces
+    the program on every call (milliseconds); this cache costs a dict look-up.
+    """
+    sig = (fn, cfg, signature(args))
+    exe = _EXECUTABLES.get(sig)
+    if exe is not None:
+        return exe, 0.0
+    t0 = time.perf_counter()
+    exe = jax.jit(fn, static_argnums=0).lower(cfg, *args).compile()
+    if len(_EXECUTABLES) >= _MAX_EXECUTABLES:
+        _EXECUTABLES.pop(next(iter(_EXECUTABLES)))
+    _EXECUTABLES[sig] = exe
+    return exe, time.perf_counter() - t0
 
 
 def stop_position(run_epoch: int, diverged_at: int, steps_per_epoch: int) -> int:

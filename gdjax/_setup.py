@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from gdjax import _checks
-from gdjax._engine import Config, capacity
+from gdjax._engine import Config, capacity, signature, unroll_for
 from gdjax.data import Batch, DataIterator
 from gdjax.step import batch_loss
 
@@ -88,9 +88,7 @@ def hyperparameters(
     return out
 
 
-def loss_dtype(
-    loss_fn: Callable, params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool
-) -> Any:
+def loss_dtype(loss_fn: Callable, params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool) -> Any:
     """Check the loss on one batch with ``eval_shape`` and return its dtype."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
@@ -103,7 +101,7 @@ def loss_dtype(
         if "loss_fn must return" in str(exc):
             raise
         raise _mismatch(params, it, exc) from exc
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's function
+    except Exception as exc:
         raise _mismatch(params, it, exc) from exc
     return out[0].dtype
 
@@ -128,6 +126,22 @@ def config(
     has_aux: bool,
     batched: bool,
 ) -> Config:
+    sig = (loss_fn, optimizer, has_aux, batched, log_every, capacity(epochs), signature(params), signature(it))
+    cfg = _CONFIGS.get(sig)
+    if cfg is None:
+        cfg = _make_config(
+            loss_fn, optimizer, params, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
+        )
+        if len(_CONFIGS) >= 256:
+            _CONFIGS.pop(next(iter(_CONFIGS)))
+        _CONFIGS[sig] = cfg
+    return cfg
+
+
+_CONFIGS: dict[Any, Config] = {}
+
+
+def _make_config(loss_fn, optimizer, params, it, *, epochs, log_every, has_aux, batched) -> Config:
     dtype = loss_dtype(loss_fn, params, it, has_aux=has_aux, batched=batched)
     return Config(
         loss_fn=loss_fn,
@@ -138,6 +152,7 @@ def config(
         log_every=log_every,
         epoch_capacity=capacity(epochs),
         loss_dtype=dtype,
+        unroll=unroll_for(params, it.batch_size),
     )
 
 

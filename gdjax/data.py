@@ -143,10 +143,7 @@ class DataIterator:
         n = self.num_examples
         mask = positions < n
         positions = jnp.where(mask, positions, 0)
-        if self.shuffle:
-            idx = permute(positions, round_keys(key, epoch), n)
-        else:
-            idx = positions
+        idx = permute(positions, round_keys(key, epoch), n) if self.shuffle else positions
         return idx, mask
 
     def gather(self, idx: jax.Array, mask: jax.Array) -> Batch:
@@ -212,9 +209,7 @@ class DataIterator:
             yield _gather(self, idx[b], mask[b])
 
     def __iter__(self):
-        raise TypeError(
-            "A DataIterator needs a key to iterate: use it.iterate(jax.random.key(seed), epoch=0)."
-        )
+        raise TypeError("A DataIterator needs a key to iterate: use it.iterate(jax.random.key(seed), epoch=0).")
 
 
 @jax.jit
@@ -250,7 +245,7 @@ def minibatch(data: PyTree, batch_size: int, *, shuffle: bool = True, drop_remai
 
     Example:
       >>> import numpy as np, gdjax as gd
-      >>> it = gd.minibatch({"x": np.zeros((100, 3)), "y": np.zeros(100)}, batch_size=32)
+      >>> it = gd.minibatch({"x": np.zeros((100, 3), np.float32), "y": np.zeros(100, np.float32)}, batch_size=32)
       >>> it.num_batches, it.batch_size
       (4, 32)
     """
@@ -261,16 +256,13 @@ def _build(data: PyTree, batch_size: int | None, shuffle: bool, drop_remainder: 
     """Check everything and build the iterator; ``batch_size=None`` means ``N``."""
     leaves = _prepare(data)
     n = leaves[0][1].shape[0]
-    if batch_size is not None:
-        batch_size = _checks.check_positive_int(batch_size, "batch_size", low=1, high=n)
-    else:
-        batch_size = n
+    batch_size = n if batch_size is None else _checks.check_positive_int(batch_size, "batch_size", low=1, high=n)
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False; got {shuffle!r}.")
     if not isinstance(drop_remainder, bool):
         raise TypeError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
     treedef = jax.tree.structure(data)
-    arrays = jax.tree.unflatten(treedef, [leaf for _, leaf in leaves])
+    arrays = jax.tree.unflatten(treedef, [jax.device_put(leaf) for _, leaf in leaves])
     return DataIterator(arrays, n, batch_size, shuffle, drop_remainder)
 
 
@@ -279,7 +271,7 @@ def stochastic(data: PyTree, *, shuffle: bool = True) -> DataIterator:
 
     Example:
       >>> import numpy as np, gdjax as gd
-      >>> gd.stochastic(np.zeros((50, 2))).num_batches
+      >>> gd.stochastic(np.zeros((50, 2), np.float32)).num_batches
       50
     """
     return _build(data, 1, shuffle, False)
@@ -290,7 +282,7 @@ def full_batch(data: PyTree) -> DataIterator:
 
     Example:
       >>> import numpy as np, gdjax as gd
-      >>> gd.full_batch(np.zeros((50, 2))).num_batches
+      >>> gd.full_batch(np.zeros((50, 2), np.float32)).num_batches
       1
     """
     return _build(data, None, False, False)
@@ -306,16 +298,11 @@ def _prepare(data: PyTree) -> list[tuple[tuple, jax.Array]]:
             "data is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
             "such as {'x': X, 'y': y}."
         )
-    leaves = [(path, _checks.as_device_leaf(path, leaf)) for path, leaf in paths]
+    leaves = [(path, _checks.check_leaf(path, leaf)) for path, leaf in paths]
     lengths = {_checks.leaf_name(path): arr.shape[0] for path, arr in leaves}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
         raise ValueError(
-            f"data leaves must share the leading axis (one row per example), but {shown}. "
-            f"Make them the same length."
+            f"data leaves must share the leading axis (one row per example), but {shown}. Make them the same length."
         )
-    if leaves[0][1].shape[0] == 0:
-        raise ValueError("data is empty: its leading axis has length 0. Pass at least one example.")
     return leaves
-
-

@@ -27,7 +27,9 @@ class Variant(NamedTuple):
     result: FitResult
 
 
-def run_variants(n: int = 4096, d: int = 16, *, seed: int = 0, batch_size: int = 32) -> tuple[problems.Regression, list[Variant]]:
+def run_variants(
+    n: int = 4096, d: int = 16, *, seed: int = 0, batch_size: int = 32
+) -> tuple[problems.Regression, list[Variant]]:
     """Train one regression three ways and return the problem and the runs.
 
     Step sizes: batch GD takes ``1 / L`` (the best constant step for this

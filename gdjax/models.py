@@ -76,7 +76,9 @@ def logistic() -> Model:
         return x @ params["w"] + params["b"]
 
     def loss(params: PyTree, example: PyTree) -> jax.Array:
-        return optax.sigmoid_binary_cross_entropy(apply(params, example["x"]), example["y"].astype(jnp.result_type(float)))
+        return optax.sigmoid_binary_cross_entropy(
+            apply(params, example["x"]), example["y"].astype(jnp.result_type(float))
+        )
 
     return Model(init, apply, loss)
 

@@ -93,7 +93,9 @@ def linear_regression(
     )
 
 
-def classification(n: int = 1024, d: int = 2, num_classes: int = 3, *, key: jax.Array, spread: float = 1.0) -> Classification:
+def classification(
+    n: int = 1024, d: int = 2, num_classes: int = 3, *, key: jax.Array, spread: float = 1.0
+) -> Classification:
     """Gaussian blobs, one per class, around points on a circle (d >= 2).
 
     Classes overlap a little with the default ``spread``, so a linear model

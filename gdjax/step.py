@@ -94,7 +94,9 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
         losses, aux = jax.vmap(per_example, in_axes=(None, 0))(params, batch.data)
         loss = _masked_mean(losses, batch.mask)
         if aux is not None:
-            aux = jax.tree.map(lambda a: _masked_mean(a, batch.mask) if jnp.issubdtype(a.dtype, jnp.floating) else a, aux)
+            aux = jax.tree.map(
+                lambda a: _masked_mean(a, batch.mask) if jnp.issubdtype(a.dtype, jnp.floating) else a, aux
+            )
         return loss, aux
 
     return fn

@@ -1,0 +1,215 @@
+"""The data iterator: exact epochs, ragged batches, both faces, bad input."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gdjax as gd
+
+
+def _data(n, d=3):
+    return {"x": np.arange(n * d, dtype=np.float32).reshape(n, d), "id": np.arange(n, dtype=np.int32)}
+
+
+def _epoch_ids(it, key, epoch):
+    """Example ids each epoch visits, with padding removed, from the compiled face."""
+    idx, mask = jax.jit(it.epoch_indices)(key, epoch)
+    idx, mask = np.asarray(idx), np.asarray(mask)
+    assert idx.shape == mask.shape == (it.num_batches, it.batch_size)
+    return idx[mask]
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**31 - 1), shuffle=st.booleans())
+def test_every_example_exactly_once_per_epoch(n, data, seed, shuffle):
+    b = data.draw(st.integers(1, n), label="batch_size")
+    it = gd.minibatch(_data(n), b, shuffle=shuffle)
+    assert it.num_batches == -(-n // b)
+    for epoch in range(2):
+        ids = _epoch_ids(it, jax.random.key(seed), epoch)
+        np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+    # only the last batch is ragged, and its padding is exactly the remainder
+    _, mask = it.epoch_indices(jax.random.key(seed), 0)
+    assert int((~np.asarray(mask)).sum()) == (-n) % b
+    assert np.asarray(mask)[:-1].all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_drop_remainder_drops_exactly_n_mod_b(n, data, seed):
+    b = data.draw(st.integers(1, n), label="batch_size")
+    it = gd.minibatch(_data(n), b, drop_remainder=True)
+    assert it.num_batches == n // b
+    ids = _epoch_ids(it, jax.random.key(seed), 0)
+    assert len(ids) == len(set(ids.tolist())) == n - n % b
+    assert it.examples_per_epoch == n - n % b
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 300))
+def test_sgd_takes_n_steps_and_full_batch_one(n):
+    assert gd.stochastic(_data(n)).num_batches == n
+    assert gd.stochastic(_data(n)).batch_size == 1
+    full = gd.full_batch(_data(n))
+    assert (full.num_batches, full.batch_size) == (1, n)
+    batches = list(full.iterate(jax.random.key(0)))
+    assert len(batches) == 1
+    np.testing.assert_array_equal(np.asarray(batches[0].data["id"]), np.arange(n))
+
+
+def test_orders_differ_between_epochs_and_keys_and_repeat_for_same_key():
+    it = gd.minibatch(_data(500), 32)
+    a0 = _epoch_ids(it, jax.random.key(0), 0)
+    assert not np.array_equal(a0, _epoch_ids(it, jax.random.key(0), 1))
+    assert not np.array_equal(a0, _epoch_ids(it, jax.random.key(1), 0))
+    np.testing.assert_array_equal(a0, _epoch_ids(it, jax.random.key(0), 0))
+    # raw uint32 keys work too
+    np.testing.assert_array_equal(_epoch_ids(it, jax.random.PRNGKey(5), 2), _epoch_ids(it, jax.random.PRNGKey(5), 2))
+
+
+def test_unshuffled_is_storage_order():
+    it = gd.minibatch(_data(10), 4, shuffle=False)
+    ids = [np.asarray(b.data["id"])[np.asarray(b.mask)].tolist() for b in it.iterate(jax.random.key(0))]
+    assert ids == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize(("n", "b", "drop"), [(10, 4, False), (10, 4, True), (7, 7, False), (9, 1, False)])
+def test_host_face_equals_compiled_faces(n, b, drop):
+    """iterate(), epoch_indices + gather inside jit, and init/next inside scan give the same batches."""
+    it = gd.minibatch(_data(n), b, drop_remainder=drop)
+    key = jax.random.key(42)
+    for epoch in range(2):
+        host = list(it.iterate(key, epoch=epoch))
+        assert len(host) == it.num_batches
+
+        @jax.jit
+        def compiled(it, epoch):
+            idx, mask = it.epoch_indices(key, epoch)
+            return jax.vmap(it.gather)(idx, mask)
+
+        stacked = compiled(it, epoch)
+        for i, batch in enumerate(host):
+            np.testing.assert_array_equal(batch.mask, stacked.mask[i])
+            for leaf_h, leaf_c in zip(jax.tree.leaves(batch.data), jax.tree.leaves(stacked.data), strict=True):
+                np.testing.assert_array_equal(leaf_h, leaf_c[i])
+
+    # the stateful face walks through epochs 0 and 1 in order, inside scan
+    def body(state, _):
+        batch, state = it.next(state)
+        return state, batch
+
+    final, walked = jax.jit(lambda s: jax.lax.scan(body, s, length=2 * it.num_batches))(it.init(key))
+    host = list(it.iterate(key, 0)) + list(it.iterate(key, 1))
+    for i, batch in enumerate(host):
+        np.testing.assert_array_equal(batch.data["id"], walked.data["id"][i])
+        np.testing.assert_array_equal(batch.mask, walked.mask[i])
+    assert (int(final.epoch), int(final.batch)) == (2, 0)
+
+
+def test_resume_mid_epoch_from_state():
+    it = gd.minibatch(_data(50), 8)
+    key = jax.random.key(1)
+    state = it.init(key)
+    for _ in range(3):
+        _, state = it.next(state)
+    restored = gd.IteratorState(*[jnp.asarray(np.asarray(x)) if i else x for i, x in enumerate(state)])
+    resumed = [it.next(restored)[0].data["id"]]
+    expected = next(it.iterate(key, 0, start=3)).data["id"]
+    np.testing.assert_array_equal(resumed[0], expected)
+
+
+def test_padding_points_at_real_examples_and_is_masked():
+    it = gd.minibatch(_data(10), 4)
+    last = list(it.iterate(jax.random.key(0)))[-1]
+    assert np.asarray(last.mask).tolist() == [True, True, False, False]
+    assert np.isfinite(np.asarray(last.data["x"])).all()
+    assert last.data["x"].shape == (4, 3)
+
+
+def test_pytree_data_of_tuples_and_jax_arrays():
+    x = jnp.ones((6, 2), jnp.float32)
+    it = gd.minibatch((x, np.zeros(6, np.float32)), 4)
+    batch = next(it.iterate(jax.random.key(0)))
+    assert isinstance(batch.data, tuple) and batch.data[0].shape == (4, 2) and batch.data[1].shape == (4,)
+
+
+def test_data_placed_on_device_once():
+    it = gd.minibatch(_data(20), 4)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(it.data))
+
+
+# ----- bad input -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "error", "match"),
+    [
+        (
+            {"x": np.zeros((5, 2), np.float32), "y": np.zeros(4, np.float32)},
+            {},
+            ValueError,
+            r"data\['x'\] has 5.*data\['y'\] has 4",
+        ),
+        ({}, {}, ValueError, "data is empty"),
+        (np.zeros((0, 3), np.float32), {}, ValueError, "data is empty: data has a leading axis of length 0"),
+        (np.zeros((5, 0), np.float32), {}, ValueError, "zero features"),
+        (
+            {"x": np.array([[1.0], [np.nan], [2.0]], np.float32)},
+            {},
+            ValueError,
+            r"data\['x'\] has a non-finite value.*row 1",
+        ),
+        ({"x": np.array([1.0, 2.0, np.inf], np.float32)}, {}, ValueError, "row 2"),
+        (np.zeros(4, np.complex64), {}, TypeError, "complex"),
+        (np.array(["a", "b"], object), {}, TypeError, "real numbers"),
+        (np.float32(3.0), {}, ValueError, "scalar"),
+        (np.zeros((5, 2), np.float32), {"batch_size": 0}, ValueError, "batch_size must be between 1 and 5; got 0"),
+        (np.zeros((5, 2), np.float32), {"batch_size": -3}, ValueError, "batch_size must be between 1 and 5"),
+        (np.zeros((5, 2), np.float32), {"batch_size": 6}, ValueError, "batch_size must be between 1 and 5; got 6"),
+        (np.zeros((5, 2), np.float32), {"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
+        (np.zeros((5, 2), np.float32), {"batch_size": True}, TypeError, "batch_size must be an integer; got bool"),
+        (np.zeros((5, 2), np.float32), {"batch_size": 2, "shuffle": "yes"}, TypeError, "shuffle must be True or False"),
+    ],
+)
+def test_bad_input_is_explained(data, kwargs, error, match, compiles):
+    kwargs = {"batch_size": 2, **kwargs}
+    with compiles() as c, pytest.raises(error, match=match):
+        gd.minibatch(data, **kwargs)
+    assert c.count == 0
+    # the function still works on good input afterwards
+    assert gd.minibatch(np.zeros((5, 2), np.float32), 2).num_batches == 3
+
+
+def test_float64_without_x64_warns_once_and_uses_float32():
+    data = {"f64_leaf": np.zeros((4, 2))}
+    with pytest.warns(
+        UserWarning, match=r"data\['f64_leaf'\] is float64 but JAX's x64 mode is off, so gdjax uses float32"
+    ):
+        it = gd.minibatch(data, 2)
+    assert it.data["f64_leaf"].dtype == jnp.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gd.minibatch(data, 2)  # second time: no warning
+
+
+def test_float64_kept_with_x64():
+    with jax.enable_x64(True):
+        it = gd.full_batch({"x": np.zeros((4, 2))})
+        assert it.data["x"].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("key", [0, np.array([1, 2, 3], np.uint32), jax.random.split(jax.random.key(0), 2)])
+def test_iterate_needs_a_single_key(key):
+    it = gd.minibatch(np.zeros((5, 2), np.float32), 2)
+    with pytest.raises(TypeError, match="key must be a single JAX PRNG key"):
+        next(it.iterate(key))
+
+
+def test_plain_iteration_asks_for_a_key():
+    with pytest.raises(TypeError, match=r"it.iterate\(jax.random.key"):
+        iter(gd.minibatch(np.zeros((5, 2), np.float32), 2))

@@ -1,0 +1,126 @@
+"""The pure step: masked means, any optimizer, any pytree, jit or not."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gdjax as gd
+
+
+def _loss(params, ex):
+    return 0.5 * (ex["x"] @ params["w"] + params["b"] - ex["y"]) ** 2
+
+
+def _problem(n=10):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 1.0 + 0.1 * rng.standard_normal(n)
+    return {"x": x.astype(np.float32), "y": y.astype(np.float32)}
+
+
+def _params():
+    return {"w": jnp.array([0.1, -0.2, 0.3], jnp.float32), "b": jnp.array(0.5, jnp.float32)}
+
+
+def test_ragged_batch_loss_and_gradient_are_exact():
+    data = _problem(10)
+    it = gd.minibatch(data, 4, shuffle=False)
+    last = list(it.iterate(jax.random.key(0)))[-1]  # examples 8, 9 and two padded slots
+    opt = optax.sgd(0.1)
+    state, metrics = gd.make_step(_loss, opt)(gd.init(_params(), opt), last)
+    real = {"x": data["x"][8:], "y": data["y"][8:]}
+    expected_loss = np.mean([float(_loss(_params(), {"x": real["x"][i], "y": real["y"][i]})) for i in range(2)])
+    np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-6)
+    grad = jax.grad(lambda p: jnp.mean(jax.vmap(_loss, (None, 0))(p, real)))(_params())
+    expected_w = _params()["w"] - 0.1 * grad["w"]
+    np.testing.assert_allclose(state.params["w"], expected_w, rtol=1e-6)
+    assert int(state.step) == 1
+
+
+def test_jitted_and_unjitted_step_agree():
+    data = _problem(12)
+    opt = optax.adam(0.05)
+    step = gd.make_step(_loss, opt)
+    s1 = s2 = gd.init(_params(), opt)
+    for batch in gd.minibatch(data, 5).iterate(jax.random.key(3)):
+        s1, m1 = step(s1, batch)
+        s2, m2 = jax.jit(step)(s2, batch)
+        np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        optax.adamw(0.1, weight_decay=0.01),  # update needs params
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.05),
+        optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05, momentum=0.9)),
+        optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.05)),  # needs params too
+    ],
+    ids=["adamw", "inject_hyperparams", "chain", "decayed_weights"],
+)
+def test_any_optax_optimizer_reduces_the_loss(opt):
+    data = _problem(64)
+    params = _params()
+    step = jax.jit(gd.make_step(_loss, opt))
+    state = gd.init(params, opt)
+    first = None
+    for epoch in range(20):
+        for batch in gd.minibatch(data, 16).iterate(jax.random.key(0), epoch):
+            state, m = step(state, batch)
+            first = m["loss"] if first is None else first
+    assert float(m["loss"]) < 0.2 * float(first)
+
+
+def test_nested_pytree_params_and_aux():
+    model = gd.models.mlp((4, 3), num_outputs=2, task="classification")
+    params = model.init(jax.random.key(0), 2)
+    data = {
+        "x": np.random.default_rng(1).standard_normal((9, 2)).astype(np.float32),
+        "y": np.arange(9, dtype=np.int32) % 2,
+    }
+
+    def loss(p, ex):
+        logits = model.apply(p, ex["x"])
+        return model.loss(p, ex), {"correct": (jnp.argmax(logits) == ex["y"]).astype(jnp.float32)}
+
+    opt = optax.sgd(0.1)
+    state, metrics = jax.jit(gd.make_step(loss, opt, has_aux=True))(
+        gd.init(params, opt), next(gd.minibatch(data, 9).iterate(jax.random.key(0)))
+    )
+    acc = np.mean(np.argmax(jax.vmap(model.apply, (None, 0))(params, data["x"]), -1) == data["y"])
+    np.testing.assert_allclose(metrics["aux"]["correct"], acc, rtol=1e-6)
+    assert jax.tree.structure(state.params) == jax.tree.structure(params)
+
+
+def test_batched_loss_option():
+    data = _problem(10)
+
+    def batch_loss(p, batch):
+        per = jax.vmap(_loss, (None, 0))(p, batch.data)
+        return jnp.sum(jnp.where(batch.mask, per, 0)) / jnp.sum(batch.mask)
+
+    opt = optax.sgd(0.1)
+    it = gd.minibatch(data, 4)
+    s1 = s2 = gd.init(_params(), opt)
+    for batch in it.iterate(jax.random.key(0)):
+        s1, m1 = gd.make_step(_loss, opt)(s1, batch)
+        s2, m2 = gd.make_step(batch_loss, opt, batched=True)(s2, batch)
+        np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-6)
+    np.testing.assert_allclose(s1.params["w"], s2.params["w"], rtol=1e-6)
+
+
+def test_non_scalar_loss_is_a_type_error_at_trace_time():
+    opt = optax.sgd(0.1)
+    batch = next(gd.minibatch(_problem(4), 2).iterate(jax.random.key(0)))
+    step = gd.make_step(lambda p, ex: ex["x"] * p["w"], opt)
+    with pytest.raises(TypeError, match=r"loss_fn must return a float scalar.*shape \(3,\)"):
+        jax.jit(step)(gd.init(_params(), opt), batch)
+
+
+def test_optimizer_factory_passed_to_make_step_is_explained():
+    with pytest.raises(TypeError, match="call it with a learning rate"):
+        gd.make_step(_loss, optax.sgd)
