@@ -4,6 +4,7 @@ from gdjax import models, problems
 from gdjax.data import Batch, DataIterator, IteratorState, full_batch, minibatch, stochastic
 from gdjax.loop import FitResult, fit
 from gdjax.step import TrainState, init, make_step
+from gdjax.sweep import SweepResult, seed_keys, sweep
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "DataIterator",
     "FitResult",
     "IteratorState",
+    "SweepResult",
     "TrainState",
     "__version__",
     "fit",
@@ -21,5 +23,7 @@ __all__ = [
     "minibatch",
     "models",
     "problems",
+    "seed_keys",
     "stochastic",
+    "sweep",
 ]

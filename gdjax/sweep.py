@@ -1,0 +1,241 @@
+"""``sweep``: many training runs at once, one compiled program.
+
+``sweep`` runs one :func:`gdjax.fit` per *member* (a learning rate, a setting
+of other hyperparameters, a seed) with ``jax.vmap`` over the members, inside
+one ``jit``. By default every member sees the same data order, so each batch
+is gathered once for all members and the comparison is controlled.
+
+Contract:
+
+* member ``k`` gives the result of ``fit`` with its hyperparameters (and,
+  with seeds, the keys from :func:`seed_keys`), to float tolerance;
+* new values, a new key or new seeds with the same shapes reuse the compiled
+  program; with ``chunk_size`` so does a new number of members;
+* a member whose loss or parameters become non-finite is frozen at its last
+  finite parameters and flagged in ``diverged``; nothing is reduced across
+  members inside the program, so it cannot touch the others;
+* with several devices, the member axis is split across them with
+  ``jax.shard_map`` over a one-axis ``Mesh`` (members padded to a multiple of
+  the device count, the padding dropped from the results).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gdjax import _checks, _engine, _members, _setup
+from gdjax.data import DataIterator
+from gdjax.sweep_result import SweepResult
+
+__all__ = ["SweepResult", "seed_keys", "sweep"]
+
+PyTree = Any
+_AXIS = "members"
+
+
+def seed_keys(key: jax.Array, seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The ``(init_key, order_key)`` a sweep member with ``seed`` uses.
+
+    ``fit(loss_fn, init(init_key), ..., key=order_key)`` reproduces that member.
+
+    Example:
+      >>> import jax, gdjax as gd
+      >>> init_key, order_key = gd.seed_keys(jax.random.key(0), 3)
+    """
+    return tuple(jax.random.split(jax.random.fold_in(key, seed)))
+
+
+class _Static(tuple):
+    """(cfg, params_batched, keys_batched, mesh): the static part of the sweep program."""
+
+
+def _program(static: _Static, it, params, hparams, keys, epochs, tol):
+    cfg, params_batched, keys_batched, mesh = static
+    run = functools.partial(_engine.run, cfg)
+    axes = (None, 0 if params_batched else None, 0, 0 if keys_batched else None, None, None)
+    f = jax.vmap(run, in_axes=axes)
+    if mesh is not None:
+        spec = lambda batched: P(_AXIS) if batched else P()  # noqa: E731
+        f = jax.shard_map(
+            f,
+            mesh=mesh,
+            in_specs=(P(), spec(params_batched), P(_AXIS), spec(keys_batched), P(), P()),
+            out_specs=P(_AXIS),
+            check_vma=False,  # members never communicate; shared inputs stay replicated
+        )
+    return f(it, params, hparams, keys, epochs, tol)
+
+
+def _devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
+    if devices is None:
+        return list(jax.devices())
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError("devices must be a non-empty sequence of jax.Device, such as jax.devices(); or None for all.")
+    return devices
+
+
+def sweep(
+    loss_fn: Callable,
+    params: PyTree | Callable[[jax.Array], PyTree],
+    optimizer_fn: Callable[..., optax.GradientTransformation],
+    data: DataIterator,
+    *,
+    learning_rates: Any = None,
+    hyperparams: Mapping[str, Any] | None = None,
+    grid: bool = False,
+    seeds: int | Sequence[int] | None = None,
+    epochs: int,
+    key: jax.Array,
+    tol: float | None = None,
+    log_every: int = 1,
+    chunk_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    has_aux: bool = False,
+    batched: bool = False,
+) -> SweepResult:
+    """Train one model per hyperparameter setting (and seed), all in one compiled program.
+
+    Args:
+      loss_fn: ``loss_fn(params, example) -> scalar``, as for :func:`gdjax.fit`.
+      params: initial parameters shared by every member, or ``init(key) ->
+        params``, called with each seed's ``init_key`` (see :func:`seed_keys`;
+        without seeds, with ``seed_keys(key, 0)[0]``).
+      optimizer_fn: an optax factory such as ``optax.sgd`` or ``optax.adam``;
+        member ``k`` uses ``optimizer_fn(learning_rate=lr_k, **hyperparams_k)``.
+        To sweep a schedule's peak, scale a schedule of peak 1 in a small
+        factory (some optax schedules branch on their values in Python and
+        cannot take a traced peak): ``unit = optax.cosine_decay_schedule(1.0,
+        1000)`` and ``lambda learning_rate: optax.sgd(lambda t: learning_rate * unit(t))``.
+      data: a :class:`gdjax.DataIterator`.
+      learning_rates: 1-D array of learning rates.
+      hyperparams: name -> 1-D array (swept) or number (fixed), passed to
+        ``optimizer_fn`` as keywords.
+      grid: combine ``learning_rates`` and ``hyperparams`` as a Cartesian
+        product instead of zipping them.
+      seeds: a count or 1-D array of seeds; each seed gets its own
+        initialisation (when ``params`` is a function) and data order, and
+        is combined with every hyperparameter setting.
+      epochs: epochs per member (at most, with ``tol``).
+      key: PRNG key; without seeds every member uses it for the data order.
+      tol: a member stops once its full-data loss is ``<= tol``; the program
+        stops when every member has converged or diverged.
+      log_every: average step losses over windows of this many steps.
+      chunk_size: run at most this many members at a time (one compiled
+        program for every chunk) to bound memory.
+      devices: devices to split the members over; default all of
+        ``jax.devices()`` (one device: no splitting).
+      has_aux: ``loss_fn`` returns ``(loss, aux)``.
+      batched: ``loss_fn`` takes a whole :class:`gdjax.Batch`.
+
+    Returns:
+      A :class:`SweepResult`.
+
+    Raises:
+      TypeError, ValueError: bad arguments, before anything is compiled.
+
+    Example:
+      >>> import jax, numpy as np, optax, gdjax as gd
+      >>> prob = gd.problems.linear_regression(n=256, d=4, key=jax.random.key(0))
+      >>> model = gd.models.linear()
+      >>> sw = gd.sweep(model.loss, model.init(jax.random.key(1), 4), optax.sgd,
+      ...               gd.full_batch(prob.data), learning_rates=np.geomspace(0.01, 10, 8),
+      ...               epochs=50, key=jax.random.key(2))
+      >>> sw.final_loss.shape, bool(sw.diverged[-1]), bool(sw.diverged[0])
+      ((8,), True, False)
+    """
+    if isinstance(optimizer_fn, optax.GradientTransformation) or not callable(optimizer_fn):
+        raise TypeError(
+            "optimizer_fn must be an optax factory such as optax.sgd or optax.adam (not a built optimizer): "
+            "sweep calls it with each member's learning_rate and hyperparams."
+        )
+    it, epochs, key, tol, log_every = _setup.common(loss_fn, params, optimizer_fn, data, epochs, key, tol, log_every)
+    table = _members.members(learning_rates, hyperparams, grid=grid, seeds=seeds)
+    if chunk_size is not None:
+        chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", low=1)
+    devs = _devices(devices)
+    m = table.count
+
+    # parameters and keys: shared by every member, or one per seed
+    if table.seeds is None:
+        init_key = seed_keys(key, 0)[0]
+        start = params(init_key) if callable(params) else params
+        _setup.check_params(start, "params" if not callable(params) else "params(key)")
+        member_params, member_keys = start, key
+    else:
+        pairs = jax.vmap(lambda s: jnp.stack(seed_keys(key, s)))(jnp.asarray(table.seeds, jnp.uint32))
+        init_keys, member_keys = pairs[:, 0], pairs[:, 1]
+        if callable(params):
+            member_params = _init_many(params, init_keys)
+            start = jax.tree.map(lambda x: x[0], member_params)
+            _setup.check_params(start, "params(key)")
+        else:
+            _setup.check_params(params)
+            start, member_params = params, jax.tree.map(lambda x: jnp.broadcast_to(x, (m, *jnp.shape(x))), params)
+    cfg = _setup.config(
+        loss_fn, optimizer_fn, start, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
+    )
+    params_batched = table.seeds is not None
+    keys_batched = table.seeds is not None
+
+    # chunks, padded to a multiple of the device count
+    size = m if chunk_size is None else min(chunk_size, m)
+    size = -(-size // len(devs)) * len(devs)
+    mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
+    static = _Static((cfg, params_batched, keys_batched, mesh))
+    hp_all = {k: np.asarray(v) for k, v in table.hyperparams.items()}
+    shared = (jnp.asarray(epochs, jnp.int32), jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype))
+
+    compile_time, wall_time, outs = 0.0, 0.0, []
+    for lo in range(0, m, size):
+        rows = np.minimum(np.arange(lo, lo + size), m - 1)  # pad with copies of the last member
+        args = [
+            it,
+            jax.tree.map(lambda x, rows=rows: x[rows], member_params) if params_batched else member_params,
+            {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
+            member_keys[rows] if keys_batched else member_keys,
+            *shared,
+        ]
+        if mesh is not None:
+            args = _place(args, mesh, params_batched, keys_batched)
+        program, seconds = _engine.executable(_program, static, *args)
+        compile_time += seconds
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(program(*args))
+        wall_time += time.perf_counter() - t0
+        outs.append((out, min(size, m - lo)))
+    if len(outs) == 1 and size == m:
+        run = outs[0][0]  # device arrays, split over the devices as computed
+    else:  # trim the padding and join the chunks on the host: no small programs to compile
+        host = [jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out) for out, n in outs]
+        run = jax.tree.map(lambda *xs: np.concatenate(xs), *host)
+        run = run._replace(train=run.train._replace(params=jax.device_put(run.train.params)))
+    return SweepResult.from_run(cfg, it, run, table, wall_time=wall_time, compile_time=compile_time, devices=len(devs))
+
+
+def _place(args: list, mesh: Mesh, params_batched: bool, keys_batched: bool) -> list:
+    split, whole = NamedSharding(mesh, P(_AXIS)), NamedSharding(mesh, P())
+    it, params, hp, keys, *rest = args
+    put = lambda tree, s: jax.tree.map(lambda x: jax.device_put(x, s), tree)  # noqa: E731
+    return [
+        put(it, whole),
+        put(params, split if params_batched else whole),
+        put(hp, split),
+        put(keys, split if keys_batched else whole),
+        *(put(x, whole) for x in rest),
+    ]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_many(init: Callable, keys: jax.Array) -> PyTree:
+    return jax.vmap(init)(keys)
