@@ -38,8 +38,7 @@ def test_seed_lesson(capsys):
 
 
 def test_mlp_classifier():
-    # conftest runs every test with strict dtype promotion, but optax's Adam is not strict-safe:
-    # its bias correction computes `b1 ** count` (Python float ** int32). Use standard promotion here.
+    # optax's Adam is not strict-promotion safe (`b1 ** count`), so pin standard promotion here.
     with jax.numpy_dtype_promotion("standard"):
         out = _load("mlp_classifier").main([])
     assert out["accuracy"] > 0.8
@@ -61,3 +60,16 @@ def test_hand_written_loop():
     assert out["factory_max_abs_diff"] < 1e-5
     np.testing.assert_allclose(out["epoch_losses"], out["fit_epoch_losses"], rtol=1e-5)
     assert out["epoch_losses"][-1] < 1.1 * out["min_loss"]
+
+
+def test_lr_sweep(capsys):
+    out = _load("lr_sweep").main([])
+    lin = out["linear"]
+    # the best constant step for least squares sits below the stability limit 2/L, and members above it diverge
+    assert lin["best_lr"] < lin["limit"]
+    assert all(lr >= lin["first_unstable_lr"] for lr in lin["unstable_lrs"])
+    assert lin["limit"] <= lin["first_unstable_lr"] <= lin["limit"] * lin["grid_ratio"]
+    assert lin["best_loss"] == pytest.approx(lin["min_loss"], rel=1e-2)
+    assert out["mlp"]["best_loss"] < out["mlp"]["initial_loss"] / 2
+    text = capsys.readouterr().out
+    assert "best (*)" in text and "2/L" in text
