@@ -130,6 +130,60 @@ def start(cfg: Config, it: DataIterator, params: PyTree, hparams: dict[str, jax.
     )
 
 
+def _epoch(
+    cfg: Config,
+    it: DataIterator,
+    run: RunState,
+    hparams: dict[str, jax.Array],
+    idx: jax.Array,
+    mask: jax.Array,
+    epoch: jax.Array,
+    tol: jax.Array,
+) -> RunState:
+    """One epoch of one member over the given batch indices; a no-op for a stopped member."""
+    steps = it.num_batches
+    step = make_step(cfg.loss_fn, cfg.build(hparams), has_aux=cfg.has_aux, batched=cfg.batched)
+    nan = jnp.array(jnp.nan, cfg.loss_dtype)
+    pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
+
+    def one_step(carry, xs):
+        state, diverged, diverged_at = carry
+        b_idx, b_mask, b_pos = xs
+        new, metrics = step(state, it.gather(b_idx, b_mask))
+        loss = metrics["loss"].astype(cfg.loss_dtype)
+        ok = ~diverged & jnp.isfinite(loss) & _all_finite(new.params)
+        state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        newly = ~diverged & ~ok
+        diverged_at = jnp.where(newly, b_pos, diverged_at)
+        return (state, diverged | newly, diverged_at), jnp.where(diverged, nan, loss)
+
+    (state, diverged, diverged_at), losses = jax.lax.scan(
+        one_step, (run.train, run.diverged, run.diverged_at), (idx, mask, pos), unroll=cfg.unroll
+    )
+    if cfg.log_every == 1:
+        sums = jax.lax.dynamic_update_slice(run.loss_sums, losses, (epoch * steps,))
+    else:
+        sums = run.loss_sums.at[pos // cfg.log_every].add(losses)
+    loss = full_loss(cfg, it, state.params).astype(cfg.loss_dtype)
+    bad = ~diverged & ~jnp.isfinite(loss)
+    new = RunState(
+        train=state,
+        epoch=run.epoch + 1,
+        loss_sums=sums,
+        epoch_losses=run.epoch_losses.at[epoch].set(loss),
+        initial_loss=run.initial_loss,
+        converged=loss <= tol,
+        diverged=diverged | bad,
+        diverged_at=jnp.where(bad, pos[-1], diverged_at),
+    )
+    active = _active(run)
+    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, run)
+
+
+def _active(run: RunState) -> jax.Array:
+    return ~run.converged & ~run.diverged
+
+
 def train(
     cfg: Config,
     it: DataIterator,
@@ -138,51 +192,34 @@ def train(
     key: jax.Array,
     epochs: jax.Array,
     tol: jax.Array,
+    *,
+    members: bool = False,
+    keys_batched: bool = False,
 ) -> RunState:
-    """Advance ``run`` until ``epochs`` epochs, convergence or divergence (traceable)."""
-    steps = it.num_batches
-    step = make_step(cfg.loss_fn, cfg.build(hparams), has_aux=cfg.has_aux, batched=cfg.batched)
-    nan = jnp.array(jnp.nan, cfg.loss_dtype)
+    """Advance ``run`` until ``epochs`` epochs, convergence or divergence (traceable).
 
-    def one_step(carry, xs):
-        state, diverged, diverged_at = carry
-        idx, mask, pos = xs
-        new, metrics = step(state, it.gather(idx, mask))
-        loss = metrics["loss"].astype(cfg.loss_dtype)
-        ok = ~diverged & jnp.isfinite(loss) & _all_finite(new.params)
-        state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
-        newly = ~diverged & ~ok
-        diverged_at = jnp.where(newly, pos, diverged_at)
-        return (state, diverged | newly, diverged_at), jnp.where(diverged, nan, loss)
+    With ``members=True``, ``run`` and ``hparams`` carry a leading member
+    axis (and ``key`` too with ``keys_batched``). The loop over epochs stays
+    outside ``vmap`` with one shared epoch counter, so with a shared key each
+    epoch's order is drawn once and each batch gathered once for all members;
+    members that have stopped are carried unchanged until all have.
+    """
 
-    def epoch_body(run: RunState) -> RunState:
-        idx, mask = it.epoch_indices(key, run.epoch)
-        pos = run.epoch * steps + jnp.arange(steps, dtype=jnp.int32)
-        (state, diverged, diverged_at), losses = jax.lax.scan(
-            one_step, (run.train, run.diverged, run.diverged_at), (idx, mask, pos), unroll=cfg.unroll
-        )
-        if cfg.log_every == 1:
-            sums = jax.lax.dynamic_update_slice(run.loss_sums, losses, (run.epoch * steps,))
-        else:
-            sums = run.loss_sums.at[pos // cfg.log_every].add(losses)
-        loss = full_loss(cfg, it, state.params).astype(cfg.loss_dtype)
-        bad = ~diverged & ~jnp.isfinite(loss)
-        diverged_at = jnp.where(bad, pos[-1], diverged_at)
-        return RunState(
-            train=state,
-            epoch=run.epoch + 1,
-            loss_sums=sums,
-            epoch_losses=run.epoch_losses.at[run.epoch].set(loss),
-            initial_loss=run.initial_loss,
-            converged=loss <= tol,
-            diverged=diverged | bad,
-            diverged_at=diverged_at,
-        )
+    def body(carry: tuple[jax.Array, RunState]) -> tuple[jax.Array, RunState]:
+        epoch, run = carry
+        orders = jax.vmap(it.epoch_indices, (0, None)) if keys_batched else it.epoch_indices
+        idx, mask = orders(key, epoch)
+        one = functools.partial(_epoch, cfg, it)
+        if members:
+            ax = 0 if keys_batched else None
+            one = jax.vmap(one, in_axes=(0, 0, ax, ax, None, None))
+        return epoch + 1, one(run, hparams, idx, mask, epoch, tol)
 
-    def going(run: RunState) -> jax.Array:
-        return (run.epoch < epochs) & ~run.converged & ~run.diverged
+    def going(carry: tuple[jax.Array, RunState]) -> jax.Array:
+        epoch, run = carry
+        return (epoch < epochs) & jnp.any(_active(run))
 
-    return jax.lax.while_loop(going, epoch_body, run)
+    return jax.lax.while_loop(going, body, (jnp.max(run.epoch), run))[1]
 
 
 def run(
@@ -196,6 +233,23 @@ def run(
 ) -> RunState:
     """A whole run from fresh parameters (traceable)."""
     return train(cfg, it, start(cfg, it, params, hparams), hparams, key, epochs, tol)
+
+
+def run_members(
+    cfg: Config,
+    it: DataIterator,
+    params: PyTree,
+    hparams: dict[str, jax.Array],
+    key: jax.Array,
+    epochs: jax.Array,
+    tol: jax.Array,
+    *,
+    params_batched: bool,
+    keys_batched: bool,
+) -> RunState:
+    """Whole runs of many members (leading axis of ``hparams``), one shared epoch loop (traceable)."""
+    runs = jax.vmap(functools.partial(start, cfg, it), in_axes=(0 if params_batched else None, 0))(params, hparams)
+    return train(cfg, it, runs, hparams, key, epochs, tol, members=True, keys_batched=keys_batched)
 
 
 _EXECUTABLES: dict[Any, Any] = {}

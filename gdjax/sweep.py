@@ -61,9 +61,7 @@ class _Static(tuple):
 
 def _program(static: _Static, it, params, hparams, keys, epochs, tol):
     cfg, params_batched, keys_batched, mesh = static
-    run = functools.partial(_engine.run, cfg)
-    axes = (None, 0 if params_batched else None, 0, 0 if keys_batched else None, None, None)
-    f = jax.vmap(run, in_axes=axes)
+    f = functools.partial(_engine.run_members, cfg, params_batched=params_batched, keys_batched=keys_batched)
     if mesh is not None:
         spec = lambda batched: P(_AXIS) if batched else P()  # noqa: E731
         f = jax.shard_map(

@@ -53,6 +53,14 @@ def test_divergent_member_is_frozen_and_does_not_touch_the_others():
     np.testing.assert_array_equal(healthy.epoch_losses, sw.epoch_losses[~sw.diverged])
     for a, b in zip(jax.tree.leaves(healthy.params), jax.tree.leaves(sw.params), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b)[~sw.diverged])
+    # same member count, the divergent members replaced by healthy ones: the others do not move a bit
+    swapped = gd.sweep(
+        MODEL.loss, P0, optax.sgd, IT, learning_rates=np.where(sw.diverged, 0.02, lrs), epochs=4, key=jax.random.key(1)
+    )
+    np.testing.assert_array_equal(swapped.losses[~sw.diverged], sw.losses[~sw.diverged])
+    np.testing.assert_array_equal(
+        np.asarray(swapped.params["w"])[~sw.diverged], np.asarray(sw.params["w"])[~sw.diverged]
+    )
     # a diverged member's record stops at its divergence
     k = 4
     assert np.isnan(sw.losses[k, sw.diverged_at[k] + 1 :]).all()
@@ -257,12 +265,17 @@ SHARDED = textwrap.dedent(
     many = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, **kw)
     one = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, devices=jax.devices()[:1], **kw)
     chunked = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, chunk_size=5, **kw)
+    # settled members agree to float tolerance; unstable ones amplify last-bit differences of the
+    # matrix kernels (other member counts per device), so for those only the verdicts are compared
+    ok = ~one.diverged & (one.final_loss < one.initial_loss)
+    close = lambda a, b: bool(np.allclose(a[ok], b[ok], rtol=1e-5, atol=1e-7))
     print(json.dumps({
         "devices": [many.devices, one.devices],
         "shape": list(many.losses.shape),
-        "losses_equal": bool(np.allclose(many.losses, one.losses, rtol=1e-6, equal_nan=True)),
-        "chunked_equal": bool(np.allclose(chunked.losses, one.losses, rtol=1e-6, equal_nan=True)),
-        "params_equal": bool(np.allclose(many.params["w"], one.params["w"], rtol=1e-6)),
+        "settled": int(ok.sum()),
+        "losses_equal": close(many.losses, one.losses) and close(many.epoch_losses, one.epoch_losses),
+        "chunked_equal": close(chunked.losses, one.losses),
+        "params_equal": close(np.asarray(many.params["w"]), np.asarray(one.params["w"])),
         "diverged_equal": bool((many.diverged == one.diverged).all()),
         "some_diverged": bool(many.diverged.any()),
         "sharded": len(gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, learning_rates=np.geomspace(1e-3, 1, 16),
@@ -277,6 +290,6 @@ def test_sharded_over_eight_cpu_devices_equals_one_device():
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["devices"] == [8, 1] and result["shape"][0] == 13
+    assert result["devices"] == [8, 1] and result["shape"][0] == 13 and result["settled"] >= 5
     assert result["losses_equal"] and result["chunked_equal"] and result["params_equal"] and result["diverged_equal"]
     assert result["some_diverged"] and result["sharded"] == 8
