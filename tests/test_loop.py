@@ -109,7 +109,9 @@ def test_step_size_stability_limit_two_over_lipschitz():
     assert above.num_epochs < 3000
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(above.params))
     assert above.diverged_at is not None and above.num_steps <= above.diverged_at + 1
-    assert np.all(np.diff(above.epoch_losses[-50:]) > 0)  # growing without bound until it overflowed
+    assert np.all(np.diff(above.epoch_losses[-50:-1]) > 0)  # growing without bound until it overflowed,
+    assert above.epoch_losses[-1] == above.epoch_losses[-2]  # then frozen at the last parameters that passed
+    assert np.isfinite(above.final_loss)
 
 
 def test_tol_stops_early_and_reports_convergence():
@@ -301,3 +303,27 @@ def test_bad_arguments_are_explained_before_compiling(change, error, match, comp
     assert c.count == 0
     # fit still works on good input afterwards
     assert gd.fit(MODEL.loss, P0, optax.sgd, IT, epochs=2, key=jax.random.key(0), learning_rate=0.1).num_steps == 16
+
+
+def test_non_finite_parameter_unseen_by_the_loss_is_caught_at_the_epoch_end():
+    """A parameter the loss ignores can overflow without any step loss showing it; the epoch check catches it."""
+
+    def poison():
+        def update(updates, state, params=None):
+            return {**updates, "unused": jnp.full_like(updates["unused"], 1e38)}, state
+
+        return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+    params = {**MODEL.init(None, 6), "unused": jnp.zeros(3)}
+    res = gd.fit(
+        MODEL.loss,
+        params,
+        optax.chain(optax.sgd(0.01), poison()),
+        gd.minibatch(PROB.data, 8),
+        epochs=3,
+        key=jax.random.key(0),
+    )
+    assert res.diverged and res.num_epochs == 1 and res.diverged_at == 7
+    assert np.isfinite(res.losses).all()  # every step's loss was finite
+    np.testing.assert_array_equal(res.params["unused"], 0.0)  # back at the start of the epoch
+    assert res.num_steps == 0 and res.epoch_losses[0] == res.initial_loss
