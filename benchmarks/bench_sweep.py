@@ -10,7 +10,8 @@ Sections:
    (b) the expert's hand-written ``jax.jit(jax.vmap(run))`` over learning rates
        of ``bench_fit.py``'s scan program (``jax.random.permutation`` per epoch,
        ``lax.scan`` over batches gathering ``X[idx]``); and, as a diagnostic
-       (b'), the same with the order drawn per member, as gd.sweep's program does;
+       (b'), the same with the order drawn per member (what a vmapped per-member
+       epoch loop does; gd.sweep keeps one shared epoch loop to avoid it);
    (c) a Python loop over the learning rates of ``bench_fit.py``'s plain loop
        (host-sliced numpy batches, a jitted optax step taking the learning rate
        as an argument, so it compiles once);
@@ -513,8 +514,8 @@ def section_main(cfg: Config, repeats: int) -> dict[str, Any]:
         "  Stochastic rows (d) are compared with the stochastic gd.sweep whole call.\n"
         "  (b') diagnostic = (b) drawing orders with gdjax's Feistel shuffle from one copy of the same key per\n"
         "  member: same orders for all, but every member computes its own order, gathers its own batch and does\n"
-        "  matrix-vector products, as gd.sweep's program does (its epoch counter is per member inside the\n"
-        "  vmapped while_loop, so the order and the gather are batched over members)."
+        "  matrix-vector products. That is what a per-member epoch loop under vmap does; gd.sweep keeps one\n"
+        "  epoch counter outside vmap so the order and the gather are shared, like (b)."
     )
     ratios = {
         "sweep_vs_expert": a_run / b_run,
