@@ -8,6 +8,16 @@ from gdjax.sweep import SweepResult, seed_keys, sweep
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """Import ``gdjax.plot`` (and so matplotlib) only when it is first used."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("gdjax.plot")
+    raise AttributeError(f"module 'gdjax' has no attribute {name!r}")
+
+
 __all__ = [
     "Batch",
     "DataIterator",
@@ -20,6 +30,7 @@ __all__ = [
     "full_batch",
     "init",
     "make_step",
+    "plot",
     "minibatch",
     "models",
     "problems",

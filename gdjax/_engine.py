@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gdjax import progress
 from gdjax.data import Batch, DataIterator
 from gdjax.step import TrainState, batch_loss, make_step
 
@@ -52,6 +53,7 @@ class Config(NamedTuple):
     epoch_capacity: int
     loss_dtype: Any
     unroll: int = 1
+    progress: bool = False
 
     def build(self, hparams: dict[str, jax.Array]) -> optax.GradientTransformation:
         """The optimizer for these (possibly traced) hyperparameters."""
@@ -232,7 +234,10 @@ def train(
         if members:
             ax = 0 if keys_batched else None
             one = jax.vmap(one, in_axes=(0, 0, ax, ax, None, None))
-        return epoch + 1, one(run, hparams, idx, mask, epoch, tol)
+        run = one(run, hparams, idx, mask, epoch, tol)
+        if cfg.progress:
+            progress.report(epoch + 1, epochs, jnp.sum(_active(run)), jnp.sum(run.diverged))
+        return epoch + 1, run
 
     def going(carry: tuple[jax.Array, RunState]) -> jax.Array:
         epoch, run = carry

@@ -125,13 +125,26 @@ def config(
     log_every: int,
     has_aux: bool,
     batched: bool,
+    progress: bool = False,
 ) -> Config:
-    sig = (loss_fn, optimizer, has_aux, batched, log_every, capacity(epochs), signature(params), signature(it))
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False; got {progress!r}.")
+    sig = (
+        loss_fn,
+        optimizer,
+        has_aux,
+        batched,
+        log_every,
+        capacity(epochs),
+        signature(params),
+        signature(it),
+        progress,
+    )
     cfg = _CONFIGS.get(sig)
     if cfg is None:
         cfg = _make_config(
             loss_fn, optimizer, params, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
-        )
+        )._replace(progress=progress)
         if len(_CONFIGS) >= 256:
             _CONFIGS.pop(next(iter(_CONFIGS)))
         _CONFIGS[sig] = cfg

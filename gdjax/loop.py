@@ -15,6 +15,7 @@ the compiled program.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ import optax
 
 from gdjax import _engine, _setup
 from gdjax.data import DataIterator
+from gdjax.progress import ProgressBar
 from gdjax.step import TrainState
 
 __all__ = ["FitResult", "fit"]
@@ -104,6 +106,7 @@ def fit(
     hyperparams: Mapping[str, float] | None = None,
     has_aux: bool = False,
     batched: bool = False,
+    progress: bool = False,
 ) -> FitResult:
     """Train ``params`` for ``epochs`` epochs in one compiled program.
 
@@ -124,6 +127,8 @@ def fit(
       hyperparams: other keyword values for the factory (``{"b1": 0.8}``).
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
       batched: ``loss_fn(params, batch)`` takes a whole :class:`gdjax.Batch`.
+      progress: show a progress bar over epochs on standard error, fed from
+        inside the compiled program (see :mod:`gdjax.progress`).
 
     Returns:
       A :class:`FitResult`.
@@ -145,7 +150,15 @@ def fit(
     _setup.check_params(params)
     hp = _setup.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
     cfg = _setup.config(
-        loss_fn, optimizer, params, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
+        loss_fn,
+        optimizer,
+        params,
+        it,
+        epochs=epochs,
+        log_every=log_every,
+        has_aux=has_aux,
+        batched=batched,
+        progress=progress,
     )
     hp_arrays = {k: _setup.float_array(v) for k, v in hp.items()}
     args = (
@@ -158,9 +171,14 @@ def fit(
     )
     program, compile_time = _engine.executable(_engine.run, cfg, *args)
     t0 = time.perf_counter()
-    run = jax.block_until_ready(program(*args))
+    with _bar(progress, epochs, "fit"):
+        run = jax.block_until_ready(program(*args))
     wall_time = time.perf_counter() - t0
     return _result(cfg, it, run, hp, wall_time=wall_time, compile_time=compile_time)
+
+
+def _bar(show: bool, epochs: int, desc: str, members: int = 1) -> contextlib.AbstractContextManager:
+    return ProgressBar(epochs, desc, members=members) if show else contextlib.nullcontext()
 
 
 def _result(

@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from gdjax import _checks, _engine, _members, _setup
 from gdjax.data import DataIterator
+from gdjax.loop import _bar
 from gdjax.sweep_result import SweepResult
 
 __all__ = ["SweepResult", "seed_keys", "sweep"]
@@ -101,6 +102,7 @@ def sweep(
     devices: Sequence[jax.Device] | None = None,
     has_aux: bool = False,
     batched: bool = False,
+    progress: bool = False,
 ) -> SweepResult:
     """Train one model per hyperparameter setting (and seed), all in one compiled program.
 
@@ -135,6 +137,8 @@ def sweep(
         ``jax.devices()`` (one device: no splitting).
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
       batched: ``loss_fn`` takes a whole :class:`gdjax.Batch`.
+      progress: show one progress bar for the whole sweep on standard error,
+        fed from inside the compiled program (see :mod:`gdjax.progress`).
 
     Returns:
       A :class:`SweepResult`.
@@ -181,7 +185,15 @@ def sweep(
             _setup.check_params(params)
             start, member_params = params, jax.tree.map(lambda x: jnp.broadcast_to(x, (m, *jnp.shape(x))), params)
     cfg = _setup.config(
-        loss_fn, optimizer_fn, start, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
+        loss_fn,
+        optimizer_fn,
+        start,
+        it,
+        epochs=epochs,
+        log_every=log_every,
+        has_aux=has_aux,
+        batched=batched,
+        progress=progress,
     )
     params_batched = table.seeds is not None
     keys_batched = table.seeds is not None
@@ -195,7 +207,8 @@ def sweep(
     shared = (jnp.asarray(epochs, jnp.int32), jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype))
 
     compile_time, wall_time, outs = 0.0, 0.0, []
-    for lo in range(0, m, size):
+    chunks = range(0, m, size)
+    for n_chunk, lo in enumerate(chunks):
         rows = np.minimum(np.arange(lo, lo + size), m - 1)  # pad with copies of the last member
         args = [
             it,
@@ -209,7 +222,9 @@ def sweep(
         program, seconds = _engine.executable(_program, static, *args)
         compile_time += seconds
         t0 = time.perf_counter()
-        out = jax.block_until_ready(program(*args))
+        desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
+        with _bar(progress, epochs, desc, members=min(size, m - lo)):
+            out = jax.block_until_ready(program(*args))
         wall_time += time.perf_counter() - t0
         outs.append((out, min(size, m - lo)))
     if len(outs) == 1 and size == m:
