@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps, colors
-from matplotlib.cm import ScalarMappable
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 from gdjax.loop import FitResult
