@@ -128,13 +128,20 @@ def losses(
     if smooth:
         window = max(1, int(smooth) // result.log_every)
         (line,) = ax.plot(steps * scale, raw, lw=0.6, alpha=_RAW_ALPHA, color=color, label=f"{name}: mini-batch loss")
+        first = window - 1 if len(raw) > 2 * window else 0  # the textbook averages full windows only
+        average = moving_average(raw, window)
         ax.plot(
-            steps * scale,
-            moving_average(raw, window),
+            steps[first:] * scale,
+            average[first:],
             lw=1.8,
             color=line.get_color(),
             label=f"{name}: moving average of {int(smooth)} updates",
         )
+        if log:  # single-sample losses reach down to ~0; keep the view on the averages
+            shown = np.concatenate([average[first:], [result.initial_loss], result.epoch_losses])
+            shown = shown[np.isfinite(shown) & (shown > 0)]
+            if len(shown):
+                ax.set_ylim(shown.min() / 20, shown.max() * 3)
     else:
         (line,) = ax.plot(steps * scale, raw, lw=1.0, color=color, label=f"{name}: mini-batch loss")
     epoch_steps = np.arange(0, result.num_epochs + 1) * result.steps_per_epoch
@@ -327,6 +334,14 @@ def curves(
         scale = _step_scale(result, x, float(np.max(result.num_steps)))
         shade = cmap(norm(values[k])) if norm is not None else cmap(0.5)
         ax.plot(steps * scale, curve, lw=1.0, color=shade, alpha=0.85 if not result.diverged[k] else 0.35)
+    healthy = result.healthy
+    if log and healthy.any():  # keep the view on the members that trained; blow-ups leave through the top
+        tops = np.asarray(result.initial_loss)[healthy]
+        kept = np.where(np.isfinite(result.losses[healthy]), result.losses[healthy], np.inf)
+        bottoms = kept.min(axis=1)
+        bottoms = bottoms[np.isfinite(bottoms) & (bottoms > 0)]
+        if len(bottoms):
+            ax.set_ylim(bottoms.min() / 2, tops.max() * 10)
     if norm is not None:
         bar = ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
         bar.set_label(_label(hyperparam) + " (log scale)")

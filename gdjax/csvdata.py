@@ -1,0 +1,168 @@
+"""Numeric CSV files for the ``gdjax`` command line: load, check, standardize.
+
+A file is read with the standard :mod:`csv` module (no pandas): UTF-8 text
+(a byte-order mark is fine), comma-separated, a header row naming every
+column, then one row per example, every cell a finite number. Blank lines are
+skipped. The target column becomes ``y`` and every other column, in file
+order, a feature of ``x``.
+
+Every problem raises :class:`CsvError` with one sentence that names the file,
+the line (counting the header as line 1, as an editor does), the column and
+the offending value, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CsvError", "load_csv", "standardize"]
+
+
+class CsvError(ValueError):
+    """A CSV file that gdjax cannot use; the message says where and why."""
+
+
+def _read_header(reader: Any, name: str, target: str) -> list[str]:
+    for header in reader:
+        if any(cell.strip() for cell in header):
+            break
+    else:
+        raise CsvError(f"{name} is empty; it needs a header row naming the columns, then rows of numbers.")
+    columns = [cell.strip() for cell in header]
+    line = reader.line_num
+    for j, column in enumerate(columns):
+        if not column:
+            raise CsvError(f"{name}, line {line}: column {j + 1} of the header has no name; name every column.")
+        if columns.index(column) != j:
+            raise CsvError(f"{name}, line {line}: the header names column {column!r} twice; names must be unique.")
+    if target not in columns:
+        shown = ", ".join(repr(c) for c in columns)
+        hint = ""
+        if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
+            hint = " (the file does not seem to be comma-separated; gdjax reads commas only)"
+        elif all(_is_number(c) for c in columns):
+            hint = " (the first line holds numbers: the file needs a header row naming the columns)"
+        raise CsvError(f"{name} has no column {target!r}; its columns are {shown}{hint}.")
+    if len(columns) == 1:
+        raise CsvError(f"{name} has only the target column {target!r}; it needs at least one feature column too.")
+    return columns
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_cell(text: str, name: str, line: int, column: str) -> float:
+    where = f"{name}, line {line}, column {column!r}"
+    if not text.strip():
+        raise CsvError(f"{where}: empty cell; every cell must be a number (fill in or drop missing values).")
+    try:
+        value = float(text)
+    except ValueError:
+        raise CsvError(f"{where}: {text.strip()!r} is not a number; every column must be numeric.") from None
+    if not math.isfinite(value):
+        raise CsvError(f"{where}: {text.strip()!r} is not a finite number; clean or drop that row.")
+    if abs(value) > np.finfo(np.float32).max:
+        raise CsvError(f"{where}: {text.strip()!r} is too large for float32 (at most about 3.4e38); rescale it.")
+    return value
+
+
+def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a numeric CSV file into features and a target.
+
+    Args:
+      path: the CSV file: a header row, then one row of numbers per example.
+      target: the name of the target column; every other column is a feature.
+      binary: require the target to hold only 0 and 1 (for logistic
+        regression).
+
+    Returns:
+      ``(x, y, feature_names)``: ``x`` float32 of shape ``(n, d)``, ``y``
+      float32 of shape ``(n,)`` and the ``d`` feature column names in file
+      order.
+
+    Raises:
+      CsvError: the file is missing, unreadable, empty or has no data rows;
+        the target column is missing or is the only column; a row has the
+        wrong number of fields; a cell is empty, not a number, NaN or
+        infinite, or out of float32 range; with ``binary``, a target value is
+        not 0 or 1.
+    """
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise CsvError(f"{name} is a directory, not a CSV file.")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            columns = _read_header(reader, name, target)
+            rows, lines = [], []
+            for fields in reader:
+                if not any(cell.strip() for cell in fields):
+                    continue
+                line = reader.line_num
+                if len(fields) != len(columns):
+                    raise CsvError(
+                        f"{name}, line {line}: {len(fields)} fields, but the header has {len(columns)} columns; "
+                        f"every row needs one value per column."
+                    )
+                rows.append([_parse_cell(text, name, line, col) for text, col in zip(fields, columns, strict=True)])
+                lines.append(line)
+    except FileNotFoundError:
+        raise CsvError(f"{name} does not exist; check the path.") from None
+    except UnicodeDecodeError:
+        raise CsvError(f"{name} is not UTF-8 text; is it really a CSV file?") from None
+    except csv.Error as exc:
+        raise CsvError(f"{name} is not valid CSV: {exc}.") from None
+    except OSError as exc:
+        raise CsvError(f"cannot read {name}: {exc.strerror or exc}.") from None
+    if not rows:
+        raise CsvError(f"{name} has a header but no data rows; add at least one row of numbers.")
+    table = np.asarray(rows, dtype=np.float64)
+    t = columns.index(target)
+    y = table[:, t]
+    if binary:
+        bad = np.flatnonzero((y != 0) & (y != 1))
+        if len(bad):
+            k = int(bad[0])
+            raise CsvError(
+                f"{name}, line {lines[k]}, column {target!r}: {y[k]:g} is not 0 or 1; logistic regression needs "
+                f"a 0/1 target ({len(bad)} rows have other values)."
+            )
+    features = [c for j, c in enumerate(columns) if j != t]
+    x = np.delete(table, t, axis=1)
+    return x.astype(np.float32), y.astype(np.float32), features
+
+
+def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Z-score each column: ``(x - mean) / std``, with statistics in float64.
+
+    A constant column (standard deviation 0) is only centred, so it becomes
+    all zeros rather than NaN; its reported ``std`` is 1.
+
+    Args:
+      x: array of shape ``(n, d)``.
+
+    Returns:
+      ``(z, mean, std)``: ``z`` in the dtype of ``x``, ``mean`` and ``std``
+      float64 of shape ``(d,)``, so that ``z == (x - mean) / std``.
+
+    Example:
+      >>> z, mean, std = standardize(np.array([[1.0, 5.0], [3.0, 5.0]], np.float32))
+      >>> z.tolist(), mean.tolist(), std.tolist()
+      ([[-1.0, 0.0], [1.0, 0.0]], [2.0, 5.0], [1.0, 1.0])
+    """
+    wide = np.asarray(x, np.float64)
+    mean = wide.mean(axis=0)
+    std = wide.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return ((wide - mean) / std).astype(x.dtype), mean, std
