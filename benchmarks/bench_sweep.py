@@ -860,6 +860,43 @@ def section_scaling(cfg: Config, repeats: int) -> dict[str, Any]:
     return out
 
 
+# ----- section 5: the cost of the progress bar ------------------------------------------
+
+
+def section_progress(cfg: Config, repeats: int) -> dict[str, Any]:
+    """The section-1 sweep with and without ``progress=True``, alternating runs (bar text discarded)."""
+    import contextlib
+    import io
+
+    flush_print("\n=== 5. progress bar: the section-1 sweep with progress=True against without ===")
+    prob = gd.problems.linear_regression(n=cfg.n, d=cfg.d, key=jax.random.key(0))
+    it = gd.minibatch(prob.data, cfg.batch)
+    model = gd.models.linear()
+    params = model.init(None, cfg.d)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(2 * max(repeats, 5) + 2):
+        show = bool(i % 2)
+        with contextlib.redirect_stderr(io.StringIO()):
+            sw = gd.sweep(
+                model.loss,
+                params,
+                optax.sgd,
+                it,
+                learning_rates=cfg.lrs,
+                epochs=cfg.epochs,
+                key=jax.random.key(i),
+                progress=show,
+            )
+        if i >= 2:  # the first two compile
+            times[show].append(sw.wall_time)
+    off, on = med(times[False]), med(times[True])
+    flush_print(
+        f"  without: {1e3 * off:.2f} ms   with: {1e3 * on:.2f} ms   cost: {100 * (on / off - 1):+.1f}% "
+        f"(target <= 5%; medians of {len(times[True])} alternating runs)"
+    )
+    return {"off_s": times[False], "on_s": times[True], "cost_fraction": on / off - 1}
+
+
 # ----- main ------------------------------------------------------------------------------
 
 
@@ -909,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         ok &= report["large"]["loss_check"]["ok"]
     report["memory"] = section_memory(cfg, args.quick, args.skip_large)
     report["scaling"] = section_scaling(cfg, repeats)
+    report["progress"] = section_progress(cfg, repeats)
     report["total_s"] = time.perf_counter() - t_start
     flush_print(f"\ntotal time {report['total_s']:.1f} s")
 

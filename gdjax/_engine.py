@@ -53,7 +53,6 @@ class Config(NamedTuple):
     epoch_capacity: int
     loss_dtype: Any
     unroll: int = 1
-    progress: bool = False
 
     def build(self, hparams: dict[str, jax.Array]) -> optax.GradientTransformation:
         """The optimizer for these (possibly traced) hyperparameters."""
@@ -234,10 +233,7 @@ def train(
         if members:
             ax = 0 if keys_batched else None
             one = jax.vmap(one, in_axes=(0, 0, ax, ax, None, None))
-        run = one(run, hparams, idx, mask, epoch, tol)
-        if cfg.progress:
-            progress.report(epoch + 1, epochs, jnp.sum(_active(run)), jnp.sum(run.diverged))
-        return epoch + 1, run
+        return epoch + 1, one(run, hparams, idx, mask, epoch, tol)
 
     def going(carry: tuple[jax.Array, RunState]) -> jax.Array:
         epoch, run = carry
@@ -246,34 +242,11 @@ def train(
     return jax.lax.while_loop(going, body, (jnp.max(run.epoch), run))[1]
 
 
-def run(
-    cfg: Config,
-    it: DataIterator,
-    params: PyTree,
-    hparams: dict[str, jax.Array],
-    key: jax.Array,
-    epochs: jax.Array,
-    tol: jax.Array,
+def start_members(
+    cfg: Config, it: DataIterator, params: PyTree, hparams: dict[str, jax.Array], *, params_batched: bool
 ) -> RunState:
-    """A whole run from fresh parameters (traceable)."""
-    return train(cfg, it, start(cfg, it, params, hparams), hparams, key, epochs, tol)
-
-
-def run_members(
-    cfg: Config,
-    it: DataIterator,
-    params: PyTree,
-    hparams: dict[str, jax.Array],
-    key: jax.Array,
-    epochs: jax.Array,
-    tol: jax.Array,
-    *,
-    params_batched: bool,
-    keys_batched: bool,
-) -> RunState:
-    """Whole runs of many members (leading axis of ``hparams``), one shared epoch loop (traceable)."""
-    runs = jax.vmap(functools.partial(start, cfg, it), in_axes=(0 if params_batched else None, 0))(params, hparams)
-    return train(cfg, it, runs, hparams, key, epochs, tol, members=True, keys_batched=keys_batched)
+    """The starting states of many members (leading axis of ``hparams``), traceable."""
+    return jax.vmap(functools.partial(start, cfg, it), in_axes=(0 if params_batched else None, 0))(params, hparams)
 
 
 _EXECUTABLES: dict[Any, Any] = {}
@@ -284,6 +257,33 @@ def signature(tree: PyTree) -> Any:
     """A hashable description of a pytree's structure, shapes, dtypes and shardings."""
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves)
+
+
+def execute(
+    static: Any,
+    start_fn: Callable,
+    start_args: tuple,
+    train_fn: Callable,
+    train_tail: Callable[[int], tuple],
+    epochs: int,
+    bar: progress.ProgressBar | None,
+) -> tuple[RunState, float, float]:
+    """Compile (once) and run ``start_fn`` then ``train_fn``; returns the run, compile and run seconds.
+
+    ``start_fn(static, it, params, hparams)`` makes the starting state;
+    ``train_fn(static, it, run, hparams, *train_tail(target))`` advances it
+    to ``target`` epochs. With a bar, :func:`gdjax.progress.drive` calls the
+    same compiled training program in timed chunks of epochs.
+    """
+    it, _, hparams = start_args
+    start_program, compile_time = executable(start_fn, static, *start_args)
+    t0 = time.perf_counter()
+    run = jax.block_until_ready(start_program(*start_args))
+    run_time = time.perf_counter() - t0
+    train_program, seconds = executable(train_fn, static, it, run, hparams, *train_tail(epochs))
+    t0 = time.perf_counter()
+    run = progress.drive(lambda r, target: train_program(it, r, hparams, *train_tail(target)), run, epochs, bar)
+    return run, compile_time + seconds, run_time + time.perf_counter() - t0
 
 
 def executable(fn: Callable, cfg: Config, *args: Any) -> tuple[Callable, float]:

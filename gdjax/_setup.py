@@ -144,7 +144,7 @@ def config(
     if cfg is None:
         cfg = _make_config(
             loss_fn, optimizer, params, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
-        )._replace(progress=progress)
+        )
         if len(_CONFIGS) >= 256:
             _CONFIGS.pop(next(iter(_CONFIGS)))
         _CONFIGS[sig] = cfg

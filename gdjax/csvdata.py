@@ -22,6 +22,8 @@ import numpy as np
 
 __all__ = ["CsvError", "load_csv", "standardize"]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class CsvError(ValueError):
     """A CSV file that gdjax cannot use; the message says where and why."""
@@ -71,7 +73,7 @@ def _parse_cell(text: str, name: str, line: int, column: str) -> float:
         raise CsvError(f"{where}: {text.strip()!r} is not a number; every column must be numeric.") from None
     if not math.isfinite(value):
         raise CsvError(f"{where}: {text.strip()!r} is not a finite number; clean or drop that row.")
-    if abs(value) > np.finfo(np.float32).max:
+    if abs(value) > _FLOAT32_MAX:
         raise CsvError(f"{where}: {text.strip()!r} is too large for float32 (at most about 3.4e38); rescale it.")
     return value
 
@@ -136,7 +138,7 @@ def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np
             k = int(bad[0])
             raise CsvError(
                 f"{name}, line {lines[k]}, column {target!r}: {y[k]:g} is not 0 or 1; logistic regression needs "
-                f"a 0/1 target ({len(bad)} rows have other values)."
+                f"a 0/1 target ({len(bad)} of the {len(y)} rows {'has' if len(bad) == 1 else 'have'} another value)."
             )
     features = [c for j, c in enumerate(columns) if j != t]
     x = np.delete(table, t, axis=1)

@@ -15,9 +15,7 @@ the compiled program.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -127,8 +125,8 @@ def fit(
       hyperparams: other keyword values for the factory (``{"b1": 0.8}``).
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
       batched: ``loss_fn(params, batch)`` takes a whole :class:`gdjax.Batch`.
-      progress: show a progress bar over epochs on standard error, fed from
-        inside the compiled program (see :mod:`gdjax.progress`).
+      progress: show a progress bar over epochs on standard error (see
+        :mod:`gdjax.progress`); the results are the same.
 
     Returns:
       A :class:`FitResult`.
@@ -161,24 +159,17 @@ def fit(
         progress=progress,
     )
     hp_arrays = {k: _setup.float_array(v) for k, v in hp.items()}
-    args = (
-        it,
-        params,
-        hp_arrays,
-        key,
-        jnp.asarray(epochs, jnp.int32),
-        jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype),
+    tol_array = jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype)
+    run, compile_time, wall_time = _engine.execute(
+        cfg,
+        _engine.start,
+        (it, params, hp_arrays),
+        _engine.train,
+        lambda target: (key, jnp.asarray(target, jnp.int32), tol_array),
+        epochs,
+        ProgressBar(epochs, "fit") if progress else None,
     )
-    program, compile_time = _engine.executable(_engine.run, cfg, *args)
-    t0 = time.perf_counter()
-    with _bar(progress, epochs, "fit"):
-        run = jax.block_until_ready(program(*args))
-    wall_time = time.perf_counter() - t0
     return _result(cfg, it, run, hp, wall_time=wall_time, compile_time=compile_time)
-
-
-def _bar(show: bool, epochs: int, desc: str, members: int = 1) -> contextlib.AbstractContextManager:
-    return ProgressBar(epochs, desc, members=members) if show else contextlib.nullcontext()
 
 
 def _result(

@@ -1,10 +1,17 @@
-"""A progress bar for long compiled runs, fed from inside the program.
+"""A progress bar for long compiled runs.
 
-``fit(..., progress=True)`` and ``sweep(..., progress=True)`` compile a
-``jax.debug.callback`` into the loop over epochs (outside ``vmap``, so one
-bar serves a whole sweep). The program calls back at most about 100 times a
-run (every ``ceil(epochs / 100)`` epochs, and at the last), and the bar
-redraws at most :data:`MIN_INTERVAL` seconds apart, so the cost stays small.
+``fit(..., progress=True)`` and ``sweep(..., progress=True)`` run the same
+compiled training program as without a bar, but call it in chunks of whole
+epochs sized to take about :data:`MIN_INTERVAL` seconds each (the program's
+epoch bound is a traced argument, so no chunk compiles anything), and redraw
+the bar between calls. One bar serves a whole sweep. Results are identical to
+a run without the bar: the epochs are the same program on the same state.
+
+Why not a callback from inside the program (``jax.debug.callback``)? We
+measured it: about 1 ms per callback on a 2-core CPU, so one per epoch cost
+30% of a 17 ms, 5-epoch sweep. Chunking costs one dispatch per redraw
+(well under 1%). The price: the bar moves at epoch boundaries only.
+
 The bar is plain text on standard error: redrawn in place on a terminal, a
 line every few seconds otherwise. No dependency beyond the standard library.
 """
@@ -13,30 +20,29 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MIN_INTERVAL", "ProgressBar", "report"]
+__all__ = ["MIN_INTERVAL", "ProgressBar", "drive"]
 
-#: Seconds between redraws of the bar.
+#: Seconds between redraws of the bar on a terminal (and the target length of one chunk of epochs).
 MIN_INTERVAL = 0.25
-#: Callbacks from the program per run, at most (plus the last epoch).
-MAX_REPORTS = 100
-
-_ACTIVE: list[ProgressBar] = []
+#: Seconds between lines when standard error is not a terminal.
+LOG_INTERVAL = 5.0
 
 
 class ProgressBar:
-    """A text progress bar over epochs; a context manager that makes itself the current bar.
+    """A text progress bar over epochs.
 
     Example:
       >>> import io
       >>> out = io.StringIO()
-      >>> with ProgressBar(10, "fit", file=out) as bar:
-      ...     bar.update(10, 1, 0)
+      >>> bar = ProgressBar(10, "fit", file=out)
+      >>> bar.update(10, 1, 0)
+      >>> bar.close()
       >>> "10/10" in out.getvalue()
       True
     """
@@ -48,29 +54,21 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.last_draw = -np.inf
         self.state = (0, members, 0)
-        self.lines = 0
 
-    def __enter__(self) -> ProgressBar:
-        _ACTIVE.append(self)
-        return self
+    def update(self, epoch: int, running: int, diverged: int) -> None:
+        """Record that ``epoch`` epochs are done with ``running`` members still going; redraw if due."""
+        self.state = (int(epoch), int(running), int(diverged))
+        if time.perf_counter() - self.last_draw >= (MIN_INTERVAL if self.tty else LOG_INTERVAL):
+            self.draw()
 
-    def __exit__(self, *exc: object) -> None:
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
-        self.draw(final=True)
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        self.draw()
         if self.tty:
             self.file.write("\n")
         self.file.flush()
 
-    def update(self, epoch: int, running: int, diverged: int) -> None:
-        """Record that ``epoch`` epochs are done with ``running`` members still going."""
-        self.state = (int(epoch), int(running), int(diverged))
-        now = time.perf_counter()
-        interval = MIN_INTERVAL if self.tty else 10 * MIN_INTERVAL * 4
-        if now - self.last_draw >= interval:
-            self.draw()
-
-    def draw(self, final: bool = False) -> None:
+    def draw(self) -> None:
         epoch, running, diverged = self.state
         self.last_draw = time.perf_counter()
         width = 24
@@ -78,21 +76,36 @@ class ProgressBar:
         bar = "#" * filled + "-" * (width - filled)
         who = f", {running} of {self.members} running, {diverged} diverged" if self.members > 1 else ""
         text = f"{self.desc}: epoch {epoch}/{self.total} [{bar}]{who}, {self.last_draw - self.start:.1f} s"
-        if self.tty:
-            self.file.write("\r" + text)
-        elif final or self.lines == 0 or epoch < self.total:
-            self.file.write(text + "\n")
-            self.lines += 1
+        self.file.write("\r" + text if self.tty else text + "\n")
         self.file.flush()
 
 
-def _host_report(epoch: np.ndarray, running: np.ndarray, diverged: np.ndarray) -> None:
-    if _ACTIVE:
-        _ACTIVE[-1].update(int(epoch), int(running), int(diverged))
+def drive(
+    train: Callable[[Any, int], Any],
+    run: Any,
+    epochs: int,
+    bar: ProgressBar | None,
+) -> Any:
+    """Run ``train(run, target_epochs)`` to ``epochs``, in timed chunks when there is a bar.
 
-
-def report(epoch: jax.Array, epochs: jax.Array, running: jax.Array, diverged: jax.Array) -> None:
-    """Inside a compiled loop: tell the current bar that ``epoch`` epochs are done (rate-limited)."""
-    every = jnp.maximum(1, (epochs + MAX_REPORTS - 1) // MAX_REPORTS)
-    due = (epoch % every == 0) | (epoch >= epochs) | (running == 0)
-    jax.lax.cond(due, lambda: jax.debug.callback(_host_report, epoch, running, diverged), lambda: None)
+    ``train`` advances a run state (one member or a stack of them) until
+    ``target_epochs`` epochs or until every member has stopped; it is the
+    same compiled program whatever the target.
+    """
+    if bar is None:
+        return jax.block_until_ready(train(run, epochs))
+    done, chunk = int(np.max(np.asarray(run.epoch))), 1
+    while True:
+        t0 = time.perf_counter()
+        run = jax.block_until_ready(train(run, min(done + chunk, epochs)))
+        seconds = time.perf_counter() - t0
+        flags = jax.device_get((run.epoch, run.converged, run.diverged))
+        epoch, converged, diverged = (np.asarray(f) for f in flags)
+        ran, done = int(epoch.max()) - done, int(epoch.max())
+        running = int((~converged & ~diverged).sum())
+        bar.update(done, running, int(diverged.sum()))
+        if done >= epochs or running == 0:
+            bar.close()
+            return run
+        per_epoch = seconds / max(ran, 1)
+        chunk = max(1, int(MIN_INTERVAL / max(per_epoch, 1e-9)))

@@ -22,7 +22,6 @@ Contract:
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from gdjax import _checks, _engine, _members, _setup
 from gdjax.data import DataIterator
-from gdjax.loop import _bar
+from gdjax.progress import ProgressBar
 from gdjax.sweep_result import SweepResult
 
 __all__ = ["SweepResult", "seed_keys", "sweep"]
@@ -60,19 +59,29 @@ class _Static(tuple):
     """(cfg, params_batched, keys_batched, mesh): the static part of the sweep program."""
 
 
-def _program(static: _Static, it, params, hparams, keys, epochs, tol):
-    cfg, params_batched, keys_batched, mesh = static
-    f = functools.partial(_engine.run_members, cfg, params_batched=params_batched, keys_batched=keys_batched)
-    if mesh is not None:
-        spec = lambda batched: P(_AXIS) if batched else P()  # noqa: E731
-        f = jax.shard_map(
-            f,
-            mesh=mesh,
-            in_specs=(P(), spec(params_batched), P(_AXIS), spec(keys_batched), P(), P()),
-            out_specs=P(_AXIS),
-            check_vma=False,  # members never communicate; shared inputs stay replicated
-        )
-    return f(it, params, hparams, keys, epochs, tol)
+def _sharded(static: _Static, f: Callable, in_specs: tuple) -> Callable:
+    mesh = static[3]
+    if mesh is None:
+        return f
+    # members never communicate; shared inputs stay replicated
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=P(_AXIS), check_vma=False)
+
+
+def _spec(batched: bool) -> P:
+    return P(_AXIS) if batched else P()
+
+
+def _start_program(static: _Static, it, params, hparams):
+    cfg, params_batched, _, _ = static
+    f = functools.partial(_engine.start_members, cfg, params_batched=params_batched)
+    return _sharded(static, f, (P(), _spec(params_batched), P(_AXIS)))(it, params, hparams)
+
+
+def _train_program(static: _Static, it, runs, hparams, keys, epochs, tol):
+    cfg, _, keys_batched, _ = static
+    f = functools.partial(_engine.train, cfg, members=True, keys_batched=keys_batched)
+    in_specs = (P(), P(_AXIS), P(_AXIS), _spec(keys_batched), P(), P())
+    return _sharded(static, f, in_specs)(it, runs, hparams, keys, epochs, tol)
 
 
 def _devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
@@ -137,8 +146,8 @@ def sweep(
         ``jax.devices()`` (one device: no splitting).
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
       batched: ``loss_fn`` takes a whole :class:`gdjax.Batch`.
-      progress: show one progress bar for the whole sweep on standard error,
-        fed from inside the compiled program (see :mod:`gdjax.progress`).
+      progress: show one progress bar for the whole sweep on standard error
+        (see :mod:`gdjax.progress`); the results are the same.
 
     Returns:
       A :class:`SweepResult`.
@@ -204,7 +213,8 @@ def sweep(
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
     static = _Static((cfg, params_batched, keys_batched, mesh))
     hp_all = {k: np.asarray(v) for k, v in table.hyperparams.items()}
-    shared = (jnp.asarray(epochs, jnp.int32), jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype))
+    whole = NamedSharding(mesh, P()) if mesh is not None else None
+    tol_array = jax.device_put(jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype), whole)
 
     compile_time, wall_time, outs = 0.0, 0.0, []
     chunks = range(0, m, size)
@@ -215,17 +225,22 @@ def sweep(
             jax.tree.map(lambda x, rows=rows: x[rows], member_params) if params_batched else member_params,
             {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
             member_keys[rows] if keys_batched else member_keys,
-            *shared,
         ]
         if mesh is not None:
             args = _place(args, mesh, params_batched, keys_batched)
-        program, seconds = _engine.executable(_program, static, *args)
-        compile_time += seconds
-        t0 = time.perf_counter()
+        it_c, params_c, hp_c, keys_c = args
         desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
-        with _bar(progress, epochs, desc, members=min(size, m - lo)):
-            out = jax.block_until_ready(program(*args))
-        wall_time += time.perf_counter() - t0
+        out, seconds, run_seconds = _engine.execute(
+            static,
+            _start_program,
+            (it_c, params_c, hp_c),
+            _train_program,
+            lambda target, keys_c=keys_c: (keys_c, jax.device_put(jnp.asarray(target, jnp.int32), whole), tol_array),
+            epochs,
+            ProgressBar(epochs, desc, members=min(size, m - lo)) if progress else None,
+        )
+        compile_time += seconds
+        wall_time += run_seconds
         outs.append((out, min(size, m - lo)))
     if len(outs) == 1 and size == m:
         run = outs[0][0]  # device arrays, split over the devices as computed
@@ -238,14 +253,13 @@ def sweep(
 
 def _place(args: list, mesh: Mesh, params_batched: bool, keys_batched: bool) -> list:
     split, whole = NamedSharding(mesh, P(_AXIS)), NamedSharding(mesh, P())
-    it, params, hp, keys, *rest = args
+    it, params, hp, keys = args
     put = lambda tree, s: jax.tree.map(lambda x: jax.device_put(x, s), tree)  # noqa: E731
     return [
         put(it, whole),
         put(params, split if params_batched else whole),
         put(hp, split),
         put(keys, split if keys_batched else whole),
-        *(put(x, whole) for x in rest),
     ]
 
 
