@@ -60,7 +60,13 @@ class _Formatter(argparse.HelpFormatter):
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         lines = text.splitlines()
-        return "\n".join(s if s[:1].isspace() else textwrap.fill(s, width, initial_indent=indent) for s in lines)
+        return "\n".join(
+            s if s[:1].isspace() else textwrap.fill(s, width, initial_indent=indent, break_on_hyphens=False)
+            for s in lines
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

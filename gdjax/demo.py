@@ -74,22 +74,23 @@ def run_variants(
 
 
 def run_demo(*, seed: int = 0, progress: bool = False, num_lrs: int = 64) -> Demo:
-    """The whole demo: :func:`run_variants`, then a sweep of ``num_lrs`` learning rates of mini-batch GD.
+    """The whole demo: :func:`run_variants`, then a sweep of ``num_lrs`` learning rates of batch GD.
 
-    The learning rates span ``2/L / 1000`` to ``4 * 2/L``, so the sweep shows
-    the stability limit: members above ``2/L`` blow up.
+    The learning rates span ``2/L / 100`` to ``4 * 2/L`` and each member runs
+    30 epochs, so the sweep shows both the best constant step and the
+    stability limit ``2/L``, above which members blow up.
     """
     prob, variants = run_variants(seed=seed, progress=progress)
     model = models.linear()
     limit = 2.0 / prob.lipschitz
-    _data_key, init_key, order_key = jax.random.split(jax.random.key(seed), 3)
+    _, init_key, order_key = jax.random.split(jax.random.key(seed), 3)
     sw = sweep(
         model.loss,
         model.init(init_key, prob.data["x"].shape[1]),
         optax.sgd,
-        minibatch(prob.data, 32),
-        learning_rates=np.geomspace(limit / 1000, 4 * limit, num_lrs),
-        epochs=10,
+        full_batch(prob.data),
+        learning_rates=np.geomspace(limit / 100, 4 * limit, num_lrs),
+        epochs=30,
         key=order_key,
         progress=progress,
     )
@@ -109,7 +110,7 @@ def format_table(prob: problems.Regression, runs: list[Variant], sw: SweepResult
     if sw is not None and sw.best_index is not None:
         k = sw.best_index
         lines.append(
-            f"{'sweep: ' + str(sw.num_members) + ' lrs (32)':<24}{int(sw.num_epochs.max()):>7}"
+            f"{'sweep: ' + str(sw.num_members) + ' lrs, batch GD':<24}{int(sw.num_epochs.max()):>7}"
             f"{int(sw.num_steps.sum()):>10}{sw.wall_time * 1e3:>11.1f}{sw.compile_time:>13.2f}"
             f"{sw.final_loss[k]:>13.6f}"
         )
@@ -120,9 +121,13 @@ def format_table(prob: problems.Regression, runs: list[Variant], sw: SweepResult
             lines.append("\nevery member of the sweep diverged")
         else:
             best = sw.best_hyperparams["learning_rate"]
+            unstable = sw.diverged | ~(sw.final_loss < sw.initial_loss)
             lines.append(
-                f"\nbest learning rate of the sweep: {best:.4g} ({best / limit:.3g} x the full-batch limit 2/L = "
-                f"{limit:.4g}); {int(sw.diverged.sum())} of {sw.num_members} members diverged"
+                f"\nbest learning rate of the sweep: {best:.4g} = {best / limit:.2f} x 2/L (2/L = {limit:.4g}, "
+                f"the stability limit of batch GD); {int(unstable.sum())} of {sw.num_members} members were unstable, "
+                f"from {sw.learning_rates[unstable].min() / limit:.2f} x 2/L up"
+                if unstable.any()
+                else f"\nbest learning rate of the sweep: {best:.4g} = {best / limit:.2f} x 2/L"
             )
     return "\n".join(lines)
 
@@ -149,7 +154,7 @@ def write_figures(demo: Demo, out: Path) -> list[Path]:
     ax.text(limit, ax.get_ylim()[0], " 2/L", color="0.3", va="bottom")
     paths.append(out / "sweep.png")
     ax.figure.savefig(paths[-1])
-    ax = plot.curves(demo.sweep, smooth=50)
+    ax = plot.curves(demo.sweep, x="epoch")
     paths.append(out / "sweep_curves.png")
     ax.figure.savefig(paths[-1])
     return paths

@@ -80,7 +80,12 @@ def _step_scale(res: FitResult | SweepResult, x: str, num_steps: float) -> float
 
 
 def _window_steps(res: FitResult | SweepResult, count: int) -> np.ndarray:
-    return np.arange(1, count + 1) * res.log_every
+    """Where each logged loss sits: after the updates before its window's last step.
+
+    A step's loss is measured before its update, so step ``k`` (from 0) is
+    drawn at ``k`` updates, where the full-data cost of epoch boundaries sits too.
+    """
+    return np.arange(1, count + 1) * res.log_every - 1
 
 
 def losses(
@@ -256,26 +261,44 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
     values = _hp(result, hyperparam)
     final = np.asarray(result.final_loss, np.float64)
     ok = result.healthy
+    # members that blew up without overflowing yet would stretch the axis: draw them at a cap instead
+    cap = 10 * float(np.max(np.asarray(result.initial_loss)[ok])) if ok.any() else 1.0
+    over = ok & (final > cap)
+    shown = ok & ~over
     order = np.argsort(values, kind="stable")
-    xs, ys, oks = values[order], final[order], ok[order]
-    uniq = np.unique(xs[oks])
-    med = np.array([np.median(ys[oks & (xs == u)]) for u in uniq])
-    ax.plot(
-        uniq,
-        med,
-        "-",
-        lw=1.8,
-        color="C0",
-        label="final loss" + (" (median over seeds)" if result.seeds is not None else ""),
-    )
-    if result.seeds is not None:
-        ax.plot(xs[oks], ys[oks], ".", ms=4, alpha=0.5, color="C0", label="each seed")
-    else:
-        ax.plot(xs[oks], ys[oks], ".", ms=5, color="C0", label="_nolegend_")
-    if (~ok).any():
-        top = np.nanmax(ys[oks]) * 1.5 if oks.any() else 1.0
+    xs, ys, shows = values[order], final[order], shown[order]
+    uniq = np.unique(xs[shows])
+    if len(uniq):
+        med = np.array([np.median(ys[shows & (xs == u)]) for u in uniq])
+        label = "final loss" + (" (median over seeds)" if result.seeds is not None else "")
+        ax.plot(uniq, med, "-", lw=1.8, color="C0", label=label)
         ax.plot(
-            xs[~oks], np.full((~oks).sum(), top), "x", ms=7, mew=2, color="C3", label=f"diverged ({int((~ok).sum())})"
+            xs[shows],
+            ys[shows],
+            ".",
+            ms=4 if result.seeds is not None else 5,
+            alpha=0.6,
+            color="C0",
+            label="each seed" if result.seeds is not None else "_nolegend_",
+        )
+    if over.any():
+        ax.plot(
+            values[over],
+            np.full(over.sum(), cap),
+            "^",
+            ms=7,
+            color="C4",
+            label=f"above 10x the initial loss ({int(over.sum())})",
+        )
+    if (~ok).any():
+        ax.plot(
+            values[~ok],
+            np.full((~ok).sum(), cap * 1.5),
+            "x",
+            ms=7,
+            mew=2,
+            color="C3",
+            label=f"diverged ({int((~ok).sum())})",
         )
     best = result.best_index
     if best is not None:

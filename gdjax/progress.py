@@ -94,6 +94,7 @@ def drive(
     """
     if bar is None:
         return jax.block_until_ready(train(run, epochs))
+    bar.start = time.perf_counter()  # count training time only, not compilation
     done, chunk = int(np.max(np.asarray(run.epoch))), 1
     while True:
         t0 = time.perf_counter()

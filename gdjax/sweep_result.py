@@ -182,7 +182,12 @@ class SweepResult:
         return rows
 
     def summary(self, max_rows: int = 20) -> str:
-        """A readable table: one line per member (at most ``max_rows``, spread evenly), then the best."""
+        """A readable table: one line per member (at most ``max_rows``, spread evenly), then the best.
+
+        Status: ``converged`` (reached ``tol``), ``diverged`` (a non-finite loss
+        or parameters), ``worse`` (ended above its initial loss: unstable but
+        not yet overflowed) or ``ran``; ``*`` marks the best member.
+        """
         names = list(self.hyperparams) + (["seed"] if self.seeds is not None else [])
         head = "".join(f"{n:>15}" for n in names) + f"{'final loss':>14}{'epochs':>8}{'status':>11}"
         lines = [
@@ -200,7 +205,15 @@ class SweepResult:
         rows = self.to_rows()
         for k in shown:
             r = rows[k]
-            status = "diverged" if r["diverged"] else "converged" if r["converged"] else "ran"
+            status = (
+                "diverged"
+                if r["diverged"]
+                else "converged"
+                if r["converged"]
+                else "worse"  # ended above where it started: unstable, though not yet overflowed
+                if not r["final_loss"] < r["initial_loss"]
+                else "ran"
+            )
             cells = "".join(f"{r[n]:>15.6g}" if n != "seed" else f"{r[n]:>15d}" for n in names)
             lines.append(
                 f"{cells}{r['final_loss']:>14.6g}{r['num_epochs']:>8d}{status + (' *' if r['best'] else ''):>11}"

@@ -77,8 +77,10 @@ def test_losses_draws_raw_average_and_epoch_markers(runs, tmp_path, x):
     assert epochs.get_linestyle() == "None" and epochs.get_marker() == "o"
     assert ax.get_yscale() == "log"
     assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
-    end = {"step": res.num_steps, "epoch": res.num_epochs, "examples": res.examples_seen, "time": res.wall_time}[x]
-    np.testing.assert_allclose(raw.get_xdata()[-1], end, rtol=1e-9)
+    # the last step's loss is measured after num_steps - 1 updates
+    per_step = {"step": 1, "epoch": 1 / res.steps_per_epoch, "examples": 1, "time": res.wall_time / res.num_steps}[x]
+    np.testing.assert_allclose(raw.get_xdata()[-1], (res.num_steps - 1) * per_step, rtol=1e-9)
+    np.testing.assert_allclose(raw.get_xdata()[0], 0.0, atol=1e-12)
     assert "moving average of 100 updates" in [t.get_text() for t in ax.get_legend().get_texts()][1]
     _saved(ax, tmp_path, f"losses_{x}.png")
 
@@ -111,6 +113,8 @@ def test_sweep_marks_diverged_and_best(swept, tmp_path):
     assert crosses.get_marker() == "x" and len(crosses.get_xdata()) == int((~swept.healthy).sum())
     star = next(line for label, line in by_label.items() if label.startswith("best"))
     assert star.get_marker() == "*"
+    cap = 10 * swept.initial_loss[swept.healthy].max()  # blow-ups are drawn at a cap, not stretching the axis
+    assert max(np.max(line.get_ydata()) for line in ax.get_lines()) <= 1.5 * cap
     assert star.get_xdata()[0] == pytest.approx(swept.learning_rates[swept.best_index])
     assert star.get_ydata()[0] == pytest.approx(swept.final_loss[swept.best_index])
     _saved(ax, tmp_path, "sweep.png")
