@@ -282,7 +282,9 @@ def execute(
     run_time = time.perf_counter() - t0
     train_program, seconds = executable(train_fn, static, it, run, hparams, *train_tail(epochs))
     t0 = time.perf_counter()
-    run = progress.drive(lambda r, target: train_program(it, r, hparams, *train_tail(target)), run, epochs, bar)
+    run = progress.drive(
+        lambda r, target: train_program(it, r, hparams, *train_tail(target)), run, epochs, bar, program=train_program
+    )
     return run, compile_time + seconds, run_time + time.perf_counter() - t0
 
 

@@ -80,22 +80,30 @@ class ProgressBar:
         self.file.flush()
 
 
+_SECONDS_PER_EPOCH: dict[Any, float] = {}
+
+
 def drive(
     train: Callable[[Any, int], Any],
     run: Any,
     epochs: int,
     bar: ProgressBar | None,
+    *,
+    program: Any = None,
 ) -> Any:
     """Run ``train(run, target_epochs)`` to ``epochs``, in timed chunks when there is a bar.
 
     ``train`` advances a run state (one member or a stack of them) until
     ``target_epochs`` epochs or until every member has stopped; it is the
-    same compiled program whatever the target.
+    same compiled program whatever the target. The first chunk is one epoch,
+    to time it, unless an earlier run of the same ``program`` already did.
     """
     if bar is None:
         return jax.block_until_ready(train(run, epochs))
     bar.start = time.perf_counter()  # count training time only, not compilation
-    done, chunk = int(np.max(np.asarray(run.epoch))), 1
+    known = _SECONDS_PER_EPOCH.get(program) if program is not None else None
+    chunk = 1 if known is None else max(1, int(MIN_INTERVAL / max(known, 1e-9)))
+    done = int(np.max(np.asarray(run.epoch)))
     while True:
         t0 = time.perf_counter()
         run = jax.block_until_ready(train(run, min(done + chunk, epochs)))
@@ -109,4 +117,6 @@ def drive(
             bar.close()
             return run
         per_epoch = seconds / max(ran, 1)
+        if program is not None and ran > 0:
+            _SECONDS_PER_EPOCH[program] = per_epoch
         chunk = max(1, int(MIN_INTERVAL / max(per_epoch, 1e-9)))
