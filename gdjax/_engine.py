@@ -267,25 +267,42 @@ def execute(
     train_tail: Callable[[int], tuple],
     epochs: int,
     bar: progress.ProgressBar | None,
-) -> tuple[RunState, float, float]:
-    """Compile (once) and run ``start_fn`` then ``train_fn``; returns the run, compile and run seconds.
+    checkpointer: Any = None,
+) -> tuple[RunState, float, float, int]:
+    """Compile (once) and run ``start_fn`` then ``train_fn``.
 
     ``start_fn(static, it, params, hparams)`` makes the starting state;
     ``train_fn(static, it, run, hparams, *train_tail(target))`` advances it
-    to ``target`` epochs. With a bar, :func:`gdjax.progress.drive` calls the
-    same compiled training program in timed chunks of epochs.
+    to ``target`` epochs. With a bar or a checkpointer,
+    :func:`gdjax.progress.drive` calls the same compiled training program in
+    chunks of epochs; a checkpointer first restores the newest checkpoint,
+    then saves one every ``checkpointer.every`` epochs and at the end.
+
+    Returns:
+      ``(run, compile_seconds, run_seconds, resumed_from_epoch)``.
     """
     it, _, hparams = start_args
     start_program, compile_time = executable(start_fn, static, *start_args)
     t0 = time.perf_counter()
     run = jax.block_until_ready(start_program(*start_args))
+    resumed = 0
+    if checkpointer is not None:
+        restored = checkpointer.restore(run)
+        if restored is not None:
+            run, resumed = restored, int(np.max(np.asarray(restored.epoch)))
     run_time = time.perf_counter() - t0
     train_program, seconds = executable(train_fn, static, it, run, hparams, *train_tail(epochs))
     t0 = time.perf_counter()
     run = progress.drive(
-        lambda r, target: train_program(it, r, hparams, *train_tail(target)), run, epochs, bar, program=train_program
+        lambda r, target: train_program(it, r, hparams, *train_tail(target)),
+        run,
+        epochs,
+        bar,
+        program=train_program,
+        every=checkpointer.every if checkpointer is not None else None,
+        on_chunk=checkpointer.save if checkpointer is not None else None,
     )
-    return run, compile_time + seconds, run_time + time.perf_counter() - t0
+    return run, compile_time + seconds, run_time + time.perf_counter() - t0, resumed
 
 
 def executable(fn: Callable, cfg: Config, *args: Any) -> tuple[Callable, float]:

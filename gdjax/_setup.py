@@ -7,6 +7,8 @@ params/data mismatch fails with a plain sentence instead of a trace.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ import optax
 
 from gdjax import _checks
 from gdjax._engine import Config, capacity, signature, unroll_for
+from gdjax.checkpoint import Checkpointer, digest
 from gdjax.data import Batch, DataIterator
 from gdjax.step import batch_loss
 
@@ -185,3 +188,46 @@ def common(loss_fn, params, optimizer, data, epochs, key, tol, log_every):
 def float_array(value: Any) -> jax.Array:
     """A hyperparameter as a JAX array of the default float dtype."""
     return jnp.asarray(value, dtype=jnp.result_type(float))
+
+
+def describe(fn: Any) -> Any:
+    """A JSON-able name for a function or factory (``functools.partial`` arguments included)."""
+    if isinstance(fn, functools.partial):
+        return {"partial": describe(fn.func), "args": repr(fn.args), "keywords": repr(sorted(fn.keywords.items()))}
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def checkpointer(
+    checkpoint: Any,
+    checkpoint_every: Any,
+    *,
+    optimizer: Any,
+    settings: dict[str, Any],
+    prefix: str = "",
+) -> Checkpointer | None:
+    """Check the checkpoint arguments and build the :class:`Checkpointer` (None without ``checkpoint``).
+
+    ``settings`` describes the run; a folder holding another run's
+    checkpoints is refused here, before anything is compiled.
+    """
+    if checkpoint is None:
+        if checkpoint_every is not None:
+            raise ValueError("checkpoint_every is set but checkpoint is not: pass checkpoint='some/folder' too.")
+        return None
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a folder path (str or Path); got {type(checkpoint).__name__}.")
+    every = 1 if checkpoint_every is None else _checks.check_positive_int(checkpoint_every, "checkpoint_every")
+    if not is_factory(optimizer):
+        raise ValueError(
+            "checkpoint= needs the optimizer as a factory with its values (optimizer=optax.sgd, "
+            "learning_rate=0.1), so that the checkpoint can record them; a built optimizer hides them."
+        )
+    ckpt = Checkpointer(checkpoint, {**settings, "x64": bool(jax.config.jax_enable_x64)}, every=every, prefix=prefix)
+    ckpt.check_folder()
+    return ckpt
+
+
+def data_settings(it: DataIterator) -> dict[str, Any]:
+    """The iterator's shape and a digest of its data, for checkpoint settings."""
+    n, b, shuffle, drop = it.spec
+    return {"num_examples": n, "batch_size": b, "shuffle": shuffle, "drop_remainder": drop, "digest": digest(it.data)}

@@ -16,6 +16,7 @@ the compiled program.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import optax
 
 from gdjax import _engine, _setup
+from gdjax.checkpoint import digest
 from gdjax.data import DataIterator
 from gdjax.progress import ProgressBar
 from gdjax.step import TrainState
@@ -58,6 +60,7 @@ class FitResult:
       hyperparams: the optimizer values used (factory form), as floats.
       wall_time: seconds the compiled run took, compilation excluded.
       compile_time: seconds spent tracing and compiling (about 0 when cached).
+      resumed_from: the epoch a checkpoint resumed this run from (0: from the start).
     """
 
     params: PyTree
@@ -77,6 +80,7 @@ class FitResult:
     hyperparams: dict[str, float]
     wall_time: float
     compile_time: float
+    resumed_from: int = 0
 
     @property
     def final_loss(self) -> float:
@@ -105,6 +109,8 @@ def fit(
     has_aux: bool = False,
     batched: bool = False,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> FitResult:
     """Train ``params`` for ``epochs`` epochs in one compiled program.
 
@@ -127,6 +133,13 @@ def fit(
       batched: ``loss_fn(params, batch)`` takes a whole :class:`gdjax.Batch`.
       progress: show a progress bar over epochs on standard error (see
         :mod:`gdjax.progress`); the results are the same.
+      checkpoint: a folder to save the whole run's state in (train state,
+        epoch, loss history, settings). Called again with the same
+        arguments, ``fit`` resumes from the newest complete checkpoint there
+        and gives bit for bit the result of an uninterrupted run; a folder
+        holding another configuration is refused. Needs the factory form of
+        ``optimizer`` (its values are part of the configuration).
+      checkpoint_every: save every this many epochs (default 1), and at the end.
 
     Returns:
       A :class:`FitResult`.
@@ -158,9 +171,28 @@ def fit(
         batched=batched,
         progress=progress,
     )
+    ckpt = _setup.checkpointer(
+        checkpoint,
+        checkpoint_every,
+        optimizer=optimizer,
+        settings={
+            "kind": "fit",
+            "loss_fn": _setup.describe(loss_fn),
+            "optimizer": _setup.describe(optimizer),
+            "hyperparams": {k: float(v) for k, v in hp.items()},
+            "epochs": epochs,
+            "tol": tol,
+            "log_every": log_every,
+            "has_aux": bool(has_aux),
+            "batched": bool(batched),
+            "data": _setup.data_settings(it),
+            "params": digest(params),
+            "key": digest(key),
+        },
+    )
     hp_arrays = {k: _setup.float_array(v) for k, v in hp.items()}
     tol_array = jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype)
-    run, compile_time, wall_time = _engine.execute(
+    run, compile_time, wall_time, resumed = _engine.execute(
         cfg,
         _engine.start,
         (it, params, hp_arrays),
@@ -168,12 +200,20 @@ def fit(
         lambda target: (key, jnp.asarray(target, jnp.int32), tol_array),
         epochs,
         ProgressBar(epochs, "fit") if progress else None,
+        ckpt,
     )
-    return _result(cfg, it, run, hp, wall_time=wall_time, compile_time=compile_time)
+    return _result(cfg, it, run, hp, wall_time=wall_time, compile_time=compile_time, resumed_from=resumed)
 
 
 def _result(
-    cfg: _engine.Config, it: DataIterator, run: _engine.RunState, hp: dict, *, wall_time: float, compile_time: float
+    cfg: _engine.Config,
+    it: DataIterator,
+    run: _engine.RunState,
+    hp: dict,
+    *,
+    wall_time: float,
+    compile_time: float,
+    resumed_from: int,
 ) -> FitResult:
     host = jax.device_get(run._replace(train=run.train.step))
     num_epochs = int(host.epoch)
@@ -197,4 +237,5 @@ def _result(
         hyperparams={k: float(v) for k, v in hp.items()},
         wall_time=wall_time,
         compile_time=compile_time,
+        resumed_from=resumed_from,
     )

@@ -90,32 +90,45 @@ def drive(
     bar: ProgressBar | None,
     *,
     program: Any = None,
+    every: int | None = None,
+    on_chunk: Callable[[Any, int], None] | None = None,
 ) -> Any:
-    """Run ``train(run, target_epochs)`` to ``epochs``, in timed chunks when there is a bar.
+    """Run ``train(run, target_epochs)`` to ``epochs``: in one call, or in chunks.
 
     ``train`` advances a run state (one member or a stack of them) until
     ``target_epochs`` epochs or until every member has stopped; it is the
-    same compiled program whatever the target. The first chunk is one epoch,
-    to time it, unless an earlier run of the same ``program`` already did.
+    same compiled program whatever the target. With a bar, chunks are sized
+    to take about :data:`MIN_INTERVAL` seconds (the first is one epoch, to
+    time it, unless an earlier run of the same ``program`` already did);
+    with ``every``, chunks also end at every multiple of ``every`` epochs,
+    and ``on_chunk(run, epochs_done)`` is called after each chunk.
     """
-    if bar is None:
+    if bar is None and every is None:
         return jax.block_until_ready(train(run, epochs))
-    bar.start = time.perf_counter()  # count training time only, not compilation
+    if bar is not None:
+        bar.start = time.perf_counter()  # count training time only, not compilation
     known = _SECONDS_PER_EPOCH.get(program) if program is not None else None
     chunk = 1 if known is None else max(1, int(MIN_INTERVAL / max(known, 1e-9)))
     done = int(np.max(np.asarray(run.epoch)))
     while True:
+        flags = jax.device_get((run.converged, run.diverged))
+        if done >= epochs or not (~np.asarray(flags[0]) & ~np.asarray(flags[1])).any():
+            if bar is not None:
+                bar.close()
+            return run
+        target = min(done + chunk, epochs) if bar is not None else epochs
+        if every is not None:
+            target = min(target, (done // every + 1) * every)
         t0 = time.perf_counter()
-        run = jax.block_until_ready(train(run, min(done + chunk, epochs)))
+        run = jax.block_until_ready(train(run, target))
         seconds = time.perf_counter() - t0
-        flags = jax.device_get((run.epoch, run.converged, run.diverged))
-        epoch, converged, diverged = (np.asarray(f) for f in flags)
+        epoch, converged, diverged = (np.asarray(f) for f in jax.device_get((run.epoch, run.converged, run.diverged)))
         ran, done = int(epoch.max()) - done, int(epoch.max())
         running = int((~converged & ~diverged).sum())
-        bar.update(done, running, int(diverged.sum()))
-        if done >= epochs or running == 0:
-            bar.close()
-            return run
+        if on_chunk is not None and every is not None and (done % every == 0 or done >= epochs or running == 0):
+            on_chunk(run, done)
+        if bar is not None:
+            bar.update(done, running, int(diverged.sum()))
         per_epoch = seconds / max(ran, 1)
         if program is not None and ran > 0:
             _SECONDS_PER_EPOCH[program] = per_epoch

@@ -22,6 +22,7 @@ Contract:
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax import _checks, _engine, _members, _setup
+from gdjax.checkpoint import digest
 from gdjax.data import DataIterator
 from gdjax.progress import ProgressBar
 from gdjax.sweep_result import SweepResult
@@ -112,6 +114,8 @@ def sweep(
     has_aux: bool = False,
     batched: bool = False,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> SweepResult:
     """Train one model per hyperparameter setting (and seed), all in one compiled program.
 
@@ -148,6 +152,10 @@ def sweep(
       batched: ``loss_fn`` takes a whole :class:`gdjax.Batch`.
       progress: show one progress bar for the whole sweep on standard error
         (see :mod:`gdjax.progress`); the results are the same.
+      checkpoint: a folder to save the sweep's state in, as for
+        :func:`gdjax.fit` (one file series per chunk of members); called
+        again with the same arguments, the sweep resumes from it.
+      checkpoint_every: save every this many epochs (default 1), and at the end.
 
     Returns:
       A :class:`SweepResult`.
@@ -212,6 +220,29 @@ def sweep(
     size = -(-size // len(devs)) * len(devs)
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
     static = _Static((cfg, params_batched, keys_batched, mesh))
+    settings = {
+        "kind": "sweep",
+        "loss_fn": _setup.describe(loss_fn),
+        "optimizer": _setup.describe(optimizer_fn),
+        "hyperparams": {k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
+        "seeds": None if table.seeds is None else table.seeds.tolist(),
+        "epochs": epochs,
+        "tol": tol,
+        "log_every": log_every,
+        "has_aux": bool(has_aux),
+        "batched": bool(batched),
+        "chunk": size,
+        "devices": len(devs),
+        "data": _setup.data_settings(it),
+        "params": _setup.describe(params) if callable(params) else digest(params),
+        "key": digest(key),
+    }
+    ckpts = [
+        _setup.checkpointer(
+            checkpoint, checkpoint_every, optimizer=optimizer_fn, settings=settings, prefix=f"chunk-{c:05d}-"
+        )
+        for c in range(-(-m // size))
+    ]
     hp_all = {k: np.asarray(v) for k, v in table.hyperparams.items()}
     whole = NamedSharding(mesh, P()) if mesh is not None else None
     tol_array = jax.device_put(jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype), whole)
@@ -230,7 +261,7 @@ def sweep(
             args = _place(args, mesh, params_batched, keys_batched)
         it_c, params_c, hp_c, keys_c = args
         desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
-        out, seconds, run_seconds = _engine.execute(
+        out, seconds, run_seconds, _ = _engine.execute(
             static,
             _start_program,
             (it_c, params_c, hp_c),
@@ -238,6 +269,7 @@ def sweep(
             lambda target, keys_c=keys_c: (keys_c, jax.device_put(jnp.asarray(target, jnp.int32), whole), tol_array),
             epochs,
             ProgressBar(epochs, desc, members=min(size, m - lo)) if progress else None,
+            ckpts[n_chunk],
         )
         compile_time += seconds
         wall_time += run_seconds
