@@ -191,8 +191,8 @@ class SweepResult:
         names = list(self.hyperparams) + (["seed"] if self.seeds is not None else [])
         head = "".join(f"{n:>15}" for n in names) + f"{'final loss':>14}{'epochs':>8}{'status':>11}"
         lines = [
-            f"sweep of {self.num_members} members on {self.devices} device(s), "
-            f"{self.wall_time:.3f} s run + {self.compile_time:.2f} s compile",
+            f"sweep of {self.num_members} members on {self.devices} {jax.default_backend()} device(s) "
+            f"(jax {jax.__version__}), {self.wall_time:.3f} s run + {self.compile_time:.2f} s compile",
             head,
             "-" * len(head),
         ]

@@ -327,3 +327,30 @@ def test_non_finite_parameter_unseen_by_the_loss_is_caught_at_the_epoch_end():
     assert np.isfinite(res.losses).all()  # every step's loss was finite
     np.testing.assert_array_equal(res.params["unused"], 0.0)  # back at the start of the epoch
     assert res.num_steps == 0 and res.epoch_losses[0] == res.initial_loss
+
+
+DETERMINISM = """
+import hashlib, sys, jax, numpy as np, optax, gdjax as gd
+prob = gd.problems.linear_regression(n=500, d=6, key=jax.random.key(0))
+m = gd.models.mlp((16,))
+sw = gd.sweep(m.loss, lambda k: m.init(k, 6), optax.adam, gd.minibatch(prob.data, 32),
+              learning_rates=[1e-3, 1e-2], seeds=2, epochs=3, key=jax.random.key(7))
+res = gd.fit(m.loss, m.init(jax.random.key(1), 6), optax.sgd, gd.stochastic(prob.data), epochs=2,
+             key=jax.random.key(7), learning_rate=0.01)
+h = hashlib.sha256()
+for a in [*jax.tree.leaves(sw.params), sw.losses, *jax.tree.leaves(res.params), res.losses]:
+    h.update(np.asarray(a).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_same_key_bit_identical_in_two_fresh_processes():
+    import subprocess
+    import sys
+
+    runs = [
+        subprocess.run([sys.executable, "-c", DETERMINISM], capture_output=True, text=True, timeout=300)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout.strip() == runs[1].stdout.strip() and len(runs[0].stdout.strip()) == 64

@@ -124,3 +124,17 @@ def test_non_scalar_loss_is_a_type_error_at_trace_time():
 def test_optimizer_factory_passed_to_make_step_is_explained():
     with pytest.raises(TypeError, match="call it with a learning rate"):
         gd.make_step(_loss, optax.sgd)
+
+
+def test_jitted_step_compiles_once_across_epochs_and_the_ragged_last_batch(compiles):
+    data = _problem(10)
+    opt = optax.sgd(0.1)
+    step = jax.jit(gd.make_step(_loss, opt))
+    it = gd.minibatch(data, 4)  # batches of 4, 4 and a padded 2
+    state = gd.init(_params(), opt)
+    state, _ = step(state, next(it.iterate(jax.random.key(0))))
+    with compiles() as c:
+        for epoch in range(3):
+            for batch in it.iterate(jax.random.key(1), epoch):
+                state, _ = step(state, batch)
+    assert c.count == 0
