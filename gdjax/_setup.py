@@ -128,10 +128,7 @@ def config(
     log_every: int,
     has_aux: bool,
     batched: bool,
-    progress: bool = False,
 ) -> Config:
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False; got {progress!r}.")
     sig = (
         loss_fn,
         optimizer,
@@ -141,7 +138,6 @@ def config(
         capacity(epochs),
         signature(params),
         signature(it),
-        progress,
     )
     cfg = _CONFIGS.get(sig)
     if cfg is None:
@@ -172,8 +168,10 @@ def _make_config(loss_fn, optimizer, params, it, *, epochs, log_every, has_aux, 
     )
 
 
-def common(loss_fn, params, optimizer, data, epochs, key, tol, log_every):
+def common(loss_fn, params, optimizer, data, epochs, key, tol, log_every, progress):
     """Check the arguments ``fit`` and ``sweep`` share; return (it, epochs, key, tol, log_every)."""
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False; got {progress!r}.")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
     it = check_data(data)
@@ -231,3 +229,15 @@ def data_settings(it: DataIterator) -> dict[str, Any]:
     """The iterator's shape and a digest of its data, for checkpoint settings."""
     n, b, shuffle, drop = it.spec
     return {"num_examples": n, "batch_size": b, "shuffle": shuffle, "drop_remainder": drop, "digest": digest(it.data)}
+
+
+def run_settings(kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator, key: jax.Array, **values: Any) -> dict:
+    """The JSON-able description of a run that a checkpoint must match to be resumed."""
+    return {
+        "kind": kind,
+        "loss_fn": describe(loss_fn),
+        "optimizer": describe(optimizer),
+        "data": data_settings(it),
+        "key": digest(key),
+        **values,
+    }

@@ -157,7 +157,9 @@ def fit(
       >>> res.num_steps, abs(res.final_loss - prob.min_loss) < 0.01
       (160, True)
     """
-    it, epochs, key, tol, log_every = _setup.common(loss_fn, params, optimizer, data, epochs, key, tol, log_every)
+    it, epochs, key, tol, log_every = _setup.common(
+        loss_fn, params, optimizer, data, epochs, key, tol, log_every, progress
+    )
     _setup.check_params(params)
     hp = _setup.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
     cfg = _setup.config(
@@ -169,26 +171,25 @@ def fit(
         log_every=log_every,
         has_aux=has_aux,
         batched=batched,
-        progress=progress,
     )
     ckpt = _setup.checkpointer(
         checkpoint,
         checkpoint_every,
         optimizer=optimizer,
-        settings={
-            "kind": "fit",
-            "loss_fn": _setup.describe(loss_fn),
-            "optimizer": _setup.describe(optimizer),
-            "hyperparams": {k: float(v) for k, v in hp.items()},
-            "epochs": epochs,
-            "tol": tol,
-            "log_every": log_every,
-            "has_aux": bool(has_aux),
-            "batched": bool(batched),
-            "data": _setup.data_settings(it),
-            "params": digest(params),
-            "key": digest(key),
-        },
+        settings=_setup.run_settings(
+            "fit",
+            loss_fn,
+            optimizer,
+            it,
+            key,
+            hyperparams={k: float(v) for k, v in hp.items()},
+            epochs=epochs,
+            tol=tol,
+            log_every=log_every,
+            has_aux=bool(has_aux),
+            batched=bool(batched),
+            params=digest(params),
+        ),
     )
     hp_arrays = {k: _setup.float_array(v) for k, v in hp.items()}
     tol_array = jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype)

@@ -178,7 +178,9 @@ def sweep(
             "optimizer_fn must be an optax factory such as optax.sgd or optax.adam (not a built optimizer): "
             "sweep calls it with each member's learning_rate and hyperparams."
         )
-    it, epochs, key, tol, log_every = _setup.common(loss_fn, params, optimizer_fn, data, epochs, key, tol, log_every)
+    it, epochs, key, tol, log_every = _setup.common(
+        loss_fn, params, optimizer_fn, data, epochs, key, tol, log_every, progress
+    )
     table = _members.members(learning_rates, hyperparams, grid=grid, seeds=seeds)
     if chunk_size is not None:
         chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", low=1)
@@ -210,7 +212,6 @@ def sweep(
         log_every=log_every,
         has_aux=has_aux,
         batched=batched,
-        progress=progress,
     )
     params_batched = table.seeds is not None
     keys_batched = table.seeds is not None
@@ -220,23 +221,23 @@ def sweep(
     size = -(-size // len(devs)) * len(devs)
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
     static = _Static((cfg, params_batched, keys_batched, mesh))
-    settings = {
-        "kind": "sweep",
-        "loss_fn": _setup.describe(loss_fn),
-        "optimizer": _setup.describe(optimizer_fn),
-        "hyperparams": {k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
-        "seeds": None if table.seeds is None else table.seeds.tolist(),
-        "epochs": epochs,
-        "tol": tol,
-        "log_every": log_every,
-        "has_aux": bool(has_aux),
-        "batched": bool(batched),
-        "chunk": size,
-        "devices": len(devs),
-        "data": _setup.data_settings(it),
-        "params": _setup.describe(params) if callable(params) else digest(params),
-        "key": digest(key),
-    }
+    settings = _setup.run_settings(
+        "sweep",
+        loss_fn,
+        optimizer_fn,
+        it,
+        key,
+        hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
+        seeds=None if table.seeds is None else table.seeds.tolist(),
+        epochs=epochs,
+        tol=tol,
+        log_every=log_every,
+        has_aux=bool(has_aux),
+        batched=bool(batched),
+        chunk=size,
+        devices=len(devs),
+        params=_setup.describe(params) if callable(params) else digest(params),
+    )
     ckpts = [
         _setup.checkpointer(
             checkpoint, checkpoint_every, optimizer=optimizer_fn, settings=settings, prefix=f"chunk-{c:05d}-"
