@@ -200,13 +200,14 @@ def checkpointer(
     checkpoint_every: Any,
     *,
     optimizer: Any,
-    settings: dict[str, Any],
+    settings: Callable[[], dict[str, Any]],
     prefix: str = "",
 ) -> Checkpointer | None:
     """Check the checkpoint arguments and build the :class:`Checkpointer` (None without ``checkpoint``).
 
-    ``settings`` describes the run; a folder holding another run's
-    checkpoints is refused here, before anything is compiled.
+    ``settings()`` describes the run (called only with a checkpoint: it
+    hashes the data); a folder holding another run's checkpoints is refused
+    here, before anything is compiled.
     """
     if checkpoint is None:
         if checkpoint_every is not None:
@@ -220,7 +221,7 @@ def checkpointer(
             "checkpoint= needs the optimizer as a factory with its values (optimizer=optax.sgd, "
             "learning_rate=0.1), so that the checkpoint can record them; a built optimizer hides them."
         )
-    ckpt = Checkpointer(checkpoint, {**settings, "x64": bool(jax.config.jax_enable_x64)}, every=every, prefix=prefix)
+    ckpt = Checkpointer(checkpoint, {**settings(), "x64": bool(jax.config.jax_enable_x64)}, every=every, prefix=prefix)
     ckpt.check_folder()
     return ckpt
 

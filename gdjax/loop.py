@@ -176,7 +176,7 @@ def fit(
         checkpoint,
         checkpoint_every,
         optimizer=optimizer,
-        settings=_setup.run_settings(
+        settings=lambda: _setup.run_settings(
             "fit",
             loss_fn,
             optimizer,

@@ -221,22 +221,24 @@ def sweep(
     size = -(-size // len(devs)) * len(devs)
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
     static = _Static((cfg, params_batched, keys_batched, mesh))
-    settings = _setup.run_settings(
-        "sweep",
-        loss_fn,
-        optimizer_fn,
-        it,
-        key,
-        hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
-        seeds=None if table.seeds is None else table.seeds.tolist(),
-        epochs=epochs,
-        tol=tol,
-        log_every=log_every,
-        has_aux=bool(has_aux),
-        batched=bool(batched),
-        chunk=size,
-        devices=len(devs),
-        params=_setup.describe(params) if callable(params) else digest(params),
+    settings = functools.cache(
+        lambda: _setup.run_settings(  # only called with a checkpoint, once
+            "sweep",
+            loss_fn,
+            optimizer_fn,
+            it,
+            key,
+            hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
+            seeds=None if table.seeds is None else table.seeds.tolist(),
+            epochs=epochs,
+            tol=tol,
+            log_every=log_every,
+            has_aux=bool(has_aux),
+            batched=bool(batched),
+            chunk=size,
+            devices=len(devs),
+            params=_setup.describe(params) if callable(params) else digest(params),
+        )
     )
     ckpts = [
         _setup.checkpointer(
