@@ -56,7 +56,9 @@ def check_tol(tol: Any) -> float | None:
         return None
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
         raise TypeError(f"tol must be a number or None; got {type(tol).__name__} {tol!r}.")
-    if not math.isfinite(tol) or tol < 0:
+    with np.errstate(over="ignore"):
+        used = float(np.asarray(tol).astype(jnp.result_type(float)))
+    if not math.isfinite(used) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0 (the full-data loss to stop at); got {tol}.")
     return float(tol)
 
@@ -64,18 +66,25 @@ def check_tol(tol: Any) -> float | None:
 def check_hyperparam(value: Any, name: str) -> np.ndarray:
     """A hyperparameter value or array as float numpy; finite and >= 0."""
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number; got bool {value!r}.")
+        raise TypeError(
+            f"{name} must be a number; got bool {value!r}. Fix options that are not numbers in the factory "
+            f"instead, e.g. functools.partial(optax.sgd, nesterov=True)."
+        )
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number or array of numbers; got {type(value).__name__} {value!r}.") from None
-    bad = ~np.isfinite(arr) | (arr < 0)
+    with np.errstate(over="ignore"):
+        used = arr.astype(jnp.result_type(float))  # the dtype the compiled program will see
+    bad = ~np.isfinite(used) | (arr < 0)
     if bad.any():
         if arr.ndim == 0:
-            raise ValueError(f"{name} must be finite and >= 0; got {arr.item()}.")
+            hint = f" (it overflows {used.dtype})" if np.isfinite(arr) and arr >= 0 else ""
+            raise ValueError(f"{name} must be finite and >= 0; got {arr.item()}{hint}.")
         i = int(np.flatnonzero(bad.ravel())[0])
         raise ValueError(
-            f"{name} must be finite and >= 0 everywhere; entry {i} is {arr.ravel()[i]}. "
+            f"{name} must be finite and >= 0 everywhere; entry {i} is {arr.ravel()[i]}"
+            f"{f' (it overflows {used.dtype})' if np.isfinite(arr.ravel()[i]) and arr.ravel()[i] >= 0 else ''}. "
             f"Remove it or replace it with a positive value."
         )
     return arr
@@ -89,7 +98,8 @@ def check_leaf(path: tuple, leaf: Any) -> Any:
     except Exception as exc:
         raise TypeError(f"{name} must be an array; got {type(leaf).__name__} ({exc}).") from None
     dtype = np.dtype(arr.dtype) if not jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key) else None
-    if dtype is None or dtype.kind not in "biuf":
+    real = dtype is not None and any(jnp.issubdtype(dtype, t) for t in (jnp.floating, jnp.integer, jnp.bool_))
+    if not real:
         kind = "complex" if dtype is not None and dtype.kind == "c" else str(arr.dtype)
         raise TypeError(
             f"{name} has dtype {kind}; gdjax needs real numbers (float, int or bool). "
@@ -104,15 +114,15 @@ def check_leaf(path: tuple, leaf: Any) -> Any:
             f"{name} has shape {tuple(arr.shape)}: a trailing axis of length 0 (zero features). "
             f"Every example needs at least one value."
         )
-    if dtype.kind == "f":
-        finite = np.isfinite(np.asarray(arr).reshape(arr.shape[0], -1)).all(axis=1)
+    if jnp.issubdtype(dtype, jnp.floating):
+        finite = np.isfinite(np.asarray(arr, np.float32).reshape(arr.shape[0], -1)).all(axis=1)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
             raise ValueError(
                 f"{name} has a non-finite value (NaN or inf) in row {row} "
                 f"({int((~finite).sum())} bad rows in all). Clean or drop those rows first."
             )
-        if dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+        if dtype == np.float64 and not jax.config.jax_enable_x64:
             if name not in _warned_x64:
                 _warned_x64.add(name)
                 warnings.warn(

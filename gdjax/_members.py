@@ -47,7 +47,7 @@ def _check_seeds(seeds: Any) -> np.ndarray | None:
     if seeds is None:
         return None
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
-        count = _checks.check_positive_int(seeds, "seeds", low=1)
+        count = _checks.check_positive_int(seeds, "seeds", low=1, high=2**32)
         return np.arange(count, dtype=np.int64)
     arr = np.asarray(seeds)
     if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
@@ -55,8 +55,8 @@ def _check_seeds(seeds: Any) -> np.ndarray | None:
             f"seeds must be a count (seeds=8) or a 1-D array of distinct integers; got {type(seeds).__name__} "
             f"with shape {arr.shape} and dtype {arr.dtype}."
         )
-    if len(np.unique(arr)) != arr.size or (arr < 0).any():
-        raise ValueError("seeds must be distinct integers >= 0.")
+    if len(np.unique(arr)) != arr.size or (arr < 0).any() or (arr >= 2**32).any():
+        raise ValueError("seeds must be distinct integers in [0, 2**32).")
     return arr.astype(np.int64)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gdjax import _checks
@@ -44,6 +45,11 @@ def check_params(params: PyTree, name: str = "params") -> None:
             raise TypeError(
                 f"{name}{jax.tree_util.keystr(path)} must be a float array to be trained; got "
                 f"{dtype if dtype is not None else type(leaf).__name__}. Use jnp.asarray(value, jnp.float32)."
+            )
+        if not isinstance(leaf, jax.ShapeDtypeStruct) and not np.isfinite(np.asarray(leaf, np.float32)).all():
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} holds NaN or inf before training; "
+                f"initialise it with finite values."
             )
 
 
@@ -82,6 +88,7 @@ def hyperparameters(
             f"optimizer {getattr(optimizer, '__name__', optimizer)!r} is a factory, so it needs its values: "
             f"pass learning_rate=... (and hyperparams={{...}} for others), or pass a built optimizer."
         )
+    _check_keywords(optimizer, hyperparams)
     out = {}
     for name, value in hyperparams.items():
         arr = _checks.check_hyperparam(value, name)
@@ -89,6 +96,24 @@ def hyperparameters(
             raise ValueError(f"{name} must be a single number in fit; got shape {arr.shape}. Use gd.sweep for many.")
         out[name] = arr
     return out
+
+
+def _check_keywords(factory: Callable, hyperparams: dict[str, Any]) -> None:
+    """Fail now, with a plain sentence, if the factory does not take these keywords."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and odd callables: let the call itself tell
+        return
+    try:
+        signature.bind(**hyperparams)
+    except TypeError as exc:
+        name = getattr(factory, "__name__", repr(factory))
+        raise TypeError(
+            f"optimizer factory {name} cannot take {sorted(hyperparams)}: {exc}. "
+            f"It accepts {list(signature.parameters)}; check the names in learning_rate= and hyperparams=."
+        ) from None
 
 
 def loss_dtype(loss_fn: Callable, params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool) -> Any:

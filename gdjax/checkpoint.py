@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "Checkpointer", "environment", "restore", "save"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "Checkpointer", "environment", "restore", "save"]
 
 PyTree = Any
 _META = "__meta__"
@@ -44,7 +44,11 @@ _FORMAT = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, or from another run."""
+    """A checkpoint that cannot be read (a damaged or foreign file)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose structure, shapes or dtypes differ from what is expected."""
 
 
 def environment() -> dict[str, str]:
@@ -83,7 +87,7 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None 
     meta = {
         "format": _FORMAT,
         "treedef": str(treedef),
-        "leaves": [[list(a.shape), a.dtype.str] for a in arrays.values()],
+        "leaves": [[list(a.shape), str(a.dtype)] for a in arrays.values()],
         "metadata": metadata or {},
     }
     arrays[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
@@ -141,16 +145,19 @@ def restore(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict[str, An
     arrays, meta = _load(path)
     leaves, treedef = jax.tree.flatten(like)
     if meta["treedef"] != str(treedef) or len(arrays) != len(leaves):
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"checkpoint {path} holds a different structure: {meta['treedef']} with {len(arrays)} leaves, "
             f"expected {treedef} with {len(leaves)}."
         )
     out = []
     for i, leaf in enumerate(leaves):
         a = arrays[f"leaf_{i:05d}"]
+        stored = np.dtype(jax.numpy.dtype(meta["leaves"][i][1]))
+        if a.dtype != stored and a.dtype.itemsize == stored.itemsize:
+            a = a.view(stored)  # numpy keeps bfloat16 and friends as raw bytes ('V2'): view them back
         want = (tuple(np.shape(leaf)), np.dtype(leaf.dtype))
         if (a.shape, a.dtype) != want:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"checkpoint {path}: leaf {i} is {a.dtype}{list(a.shape)}, expected {want[1]}{list(want[0])}."
             )
         sharding = getattr(leaf, "sharding", None)
@@ -229,6 +236,11 @@ class Checkpointer:
         for _, path in reversed(self._files()):
             try:
                 tree, meta = restore(path, like)
+            except CheckpointMismatchError as exc:
+                raise ValueError(
+                    f"{exc} The run's parameters or settings changed in a way the recorded settings do not show "
+                    f"(a function recorded by name only?). Use another folder, or delete this one to start again."
+                ) from None
             except CheckpointError:
                 continue  # a damaged file (not written by save): fall back to the one before
             self._check(path, meta)

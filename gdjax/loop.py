@@ -50,8 +50,10 @@ class FitResult:
       num_steps: parameter updates taken.
       num_epochs: epochs run (fewer than asked if it converged or diverged).
       converged: the full-data loss reached ``tol``.
-      diverged: a step produced a non-finite loss or parameters; training
-        stopped at the end of that epoch with the last finite parameters.
+      diverged: a step's loss was non-finite (the run went back to the last
+        parameters whose loss was finite), or at an epoch's end a parameter
+        or the full-data loss was (it went back to the epoch's start);
+        training stopped at the end of that epoch.
       diverged_at: the rejected step, or None.
       log_every: steps per entry of ``losses``.
       steps_per_epoch: batches per epoch.
@@ -130,7 +132,10 @@ def fit(
       learning_rate: the factory's ``learning_rate``.
       hyperparams: other keyword values for the factory (``{"b1": 0.8}``).
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
-      batched: ``loss_fn(params, batch)`` takes a whole :class:`gdjax.Batch`.
+      batched: ``loss_fn(params, batch)`` takes a whole :class:`gdjax.Batch`
+        and applies its mask; it is also called once per epoch on the whole
+        data set (``N`` rows, all unmasked) for the full-data loss, so it must
+        accept any leading size.
       progress: show a progress bar over epochs on standard error (see
         :mod:`gdjax.progress`); the results are the same.
       checkpoint: a folder to save the whole run's state in (train state,

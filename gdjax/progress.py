@@ -54,6 +54,7 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.last_draw = -np.inf
         self.state = (0, members, 0)
+        self.drawn: tuple[int, int, int] | None = None
 
     def update(self, epoch: int, running: int, diverged: int) -> None:
         """Record that ``epoch`` epochs are done with ``running`` members still going; redraw if due."""
@@ -62,14 +63,15 @@ class ProgressBar:
             self.draw()
 
     def close(self) -> None:
-        """Draw the final state and end the line."""
-        self.draw()
+        """Draw the final state (unless already shown) and end the line."""
+        if self.drawn != self.state:
+            self.draw()
         if self.tty:
             self.file.write("\n")
         self.file.flush()
 
     def draw(self) -> None:
-        epoch, running, diverged = self.state
+        epoch, running, diverged = self.drawn = self.state
         self.last_draw = time.perf_counter()
         width = 24
         filled = int(width * min(epoch, self.total) / max(self.total, 1))
@@ -124,6 +126,8 @@ def drive(
         seconds = time.perf_counter() - t0
         epoch, converged, diverged = (np.asarray(f) for f in jax.device_get((run.epoch, run.converged, run.diverged)))
         ran, done = int(epoch.max()) - done, int(epoch.max())
+        real = slice(0, bar.members if bar is not None else None)  # padding copies of a member are not counted
+        converged, diverged = np.atleast_1d(converged)[real], np.atleast_1d(diverged)[real]
         running = int((~converged & ~diverged).sum())
         if on_chunk is not None and every is not None and (done % every == 0 or done >= epochs or running == 0):
             on_chunk(run, done)

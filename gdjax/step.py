@@ -65,8 +65,10 @@ def _check_optimizer(optimizer: Any) -> None:
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over the leading (batch) axis of the entries the mask keeps; trailing axes stay."""
     count = jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1)
-    return jnp.sum(jnp.where(mask, values, 0)) / count
+    keep = mask.reshape(mask.shape + (1,) * (values.ndim - 1))
+    return jnp.sum(jnp.where(keep, values, 0), axis=0) / count
 
 
 def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = False) -> Callable:
@@ -79,16 +81,24 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
       TypeError: at trace time, if ``loss_fn`` does not return a float scalar.
     """
 
+    def split(out: Any) -> tuple[Any, Any]:
+        if not has_aux:
+            return out, None
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise TypeError(
+                f"loss_fn must return (loss, aux) with has_aux=True; it returned {type(out).__name__}. "
+                f"Return a pair, or drop has_aux."
+            )
+        return out[0], out[1]
+
     def per_example(params: PyTree, example: PyTree) -> tuple[jax.Array, Any]:
-        out = loss_fn(params, example)
-        loss, aux = out if has_aux else (out, None)
+        loss, aux = split(loss_fn(params, example))
         check_scalar_loss(loss, has_aux=has_aux)
         return loss, aux
 
     def fn(params: PyTree, batch: Batch) -> tuple[jax.Array, Any]:
         if batched:
-            out = loss_fn(params, batch)
-            loss, aux = out if has_aux else (out, None)
+            loss, aux = split(loss_fn(params, batch))
             check_scalar_loss(loss, has_aux=has_aux)
             return loss, aux
         losses, aux = jax.vmap(per_example, in_axes=(None, 0))(params, batch.data)
@@ -157,6 +167,13 @@ def make_step(
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        # a hyperparameter of another float dtype (a traced float64 learning rate with float32 params, say)
+        # must not promote the optimizer state: scans and checkpoints need it to keep its type
+        opt_state = jax.tree.map(
+            lambda new, old: new.astype(old.dtype) if hasattr(old, "dtype") and hasattr(new, "astype") else new,
+            opt_state,
+            state.opt_state,
+        )
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss}
         if has_aux:

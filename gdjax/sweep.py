@@ -187,22 +187,20 @@ def sweep(
     devs = _devices(devices)
     m = table.count
 
-    # parameters and keys: shared by every member, or one per seed
+    # parameters: shared by every member, or (an init function with seeds) one per seed, made chunk by chunk;
+    # keys: the one key, or one order key per seed
+    params_batched = table.seeds is not None and callable(params)
+    keys_batched = table.seeds is not None
     if table.seeds is None:
-        init_key = seed_keys(key, 0)[0]
-        start = params(init_key) if callable(params) else params
-        _setup.check_params(start, "params" if not callable(params) else "params(key)")
-        member_params, member_keys = start, key
+        member_keys = key
+        start = params(seed_keys(key, 0)[0]) if callable(params) else params
     else:
         pairs = jax.vmap(lambda s: jnp.stack(seed_keys(key, s)))(jnp.asarray(table.seeds, jnp.uint32))
-        init_keys, member_keys = pairs[:, 0], pairs[:, 1]
-        if callable(params):
-            member_params = _init_many(params, init_keys)
-            start = jax.tree.map(lambda x: x[0], member_params)
-            _setup.check_params(start, "params(key)")
-        else:
-            _setup.check_params(params)
-            start, member_params = params, jax.tree.map(lambda x: jnp.broadcast_to(x, (m, *jnp.shape(x))), params)
+        init_keys, member_keys = np.asarray(jax.random.key_data(pairs[:, 0])), pairs[:, 1]
+        start = (
+            jax.tree.map(lambda x: x[0], _init_many(params, _wrap(init_keys[:1], key))) if params_batched else params
+        )
+    _setup.check_params(start, "params(key)" if callable(params) else "params")
     cfg = _setup.config(
         loss_fn,
         optimizer_fn,
@@ -213,8 +211,6 @@ def sweep(
         has_aux=has_aux,
         batched=batched,
     )
-    params_batched = table.seeds is not None
-    keys_batched = table.seeds is not None
 
     # chunks, padded to a multiple of the device count
     size = m if chunk_size is None else min(chunk_size, m)
@@ -247,7 +243,7 @@ def sweep(
         for c in range(-(-m // size))
     ]
     hp_all = {k: np.asarray(v) for k, v in table.hyperparams.items()}
-    whole = NamedSharding(mesh, P()) if mesh is not None else None
+    whole = NamedSharding(mesh, P()) if mesh is not None else devs[0]
     tol_array = jax.device_put(jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype), whole)
 
     compile_time, wall_time, outs = 0.0, 0.0, []
@@ -256,12 +252,11 @@ def sweep(
         rows = np.minimum(np.arange(lo, lo + size), m - 1)  # pad with copies of the last member
         args = [
             it,
-            jax.tree.map(lambda x, rows=rows: x[rows], member_params) if params_batched else member_params,
+            _init_many(params, _wrap(init_keys[rows], key)) if params_batched else start,
             {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
             member_keys[rows] if keys_batched else member_keys,
         ]
-        if mesh is not None:
-            args = _place(args, mesh, params_batched, keys_batched)
+        args = _place(args, mesh, devs[0], params_batched, keys_batched)
         it_c, params_c, hp_c, keys_c = args
         desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
         out, seconds, run_seconds, _ = _engine.execute(
@@ -286,8 +281,19 @@ def sweep(
     return SweepResult.from_run(cfg, it, run, table, wall_time=wall_time, compile_time=compile_time, devices=len(devs))
 
 
-def _place(args: list, mesh: Mesh, params_batched: bool, keys_batched: bool) -> list:
-    split, whole = NamedSharding(mesh, P(_AXIS)), NamedSharding(mesh, P())
+def _wrap(key_data: np.ndarray, like: jax.Array) -> jax.Array:
+    """Keys from their raw data, typed like ``like`` (typed keys stay typed, raw uint32 keys raw)."""
+    if jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jnp.asarray(key_data), impl=jax.random.key_impl(like))
+    return jnp.asarray(key_data)
+
+
+def _place(args: list, mesh: Mesh | None, device: jax.Device, params_batched: bool, keys_batched: bool) -> list:
+    """Put one chunk's arguments where they run: split over the mesh, or on the one device."""
+    if mesh is None:
+        split = whole = device
+    else:
+        split, whole = NamedSharding(mesh, P(_AXIS)), NamedSharding(mesh, P())
     it, params, hp, keys = args
     put = lambda tree, s: jax.tree.map(lambda x: jax.device_put(x, s), tree)  # noqa: E731
     return [

@@ -41,7 +41,7 @@ def test_restore_refuses_another_structure(tmp_path):
     checkpoint.save(tmp_path / "a.npz", {"w": jnp.zeros(3)})
     with pytest.raises(checkpoint.CheckpointError, match="different structure"):
         checkpoint.restore(tmp_path / "a.npz", {"v": jnp.zeros(3)})
-    with pytest.raises(checkpoint.CheckpointError, match=r"leaf 0 is float32\[3\], expected float32\[4\]"):
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"leaf 0 is float32\[3\], expected float32\[4\]"):
         checkpoint.restore(tmp_path / "a.npz", {"w": jnp.zeros(4)})
 
 
@@ -178,3 +178,28 @@ def test_killed_with_sigkill_and_run_again_is_bit_identical(tmp_path, kind):
     if kind == "fit":
         assert got.pop("resumed_from") > 0 and ref.pop("resumed_from") == 0
     assert got == ref
+
+
+def test_bfloat16_state_round_trips_and_resumes(tmp_path):
+    checkpoint.save(tmp_path / "b.npz", {"w": jnp.arange(3, dtype=jnp.bfloat16)})
+    tree, _ = checkpoint.restore(tmp_path / "b.npz", {"w": jnp.zeros(3, jnp.bfloat16)})
+    assert tree["w"].dtype == jnp.bfloat16 and tree["w"].tolist() == [0, 1, 2]
+    prob = gd.problems.linear_regression(n=64, d=4, key=jax.random.key(0))
+    data = {k: jnp.asarray(v, jnp.bfloat16) for k, v in prob.data.items()}
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), MODEL.init(None, 4))
+    kw = dict(epochs=4, key=jax.random.key(0), learning_rate=0.01, checkpoint=tmp_path / "run")
+    ref = gd.fit(MODEL.loss, params, optax.adam, gd.minibatch(data, 16), **kw)
+    (tmp_path / "run" / "epoch-00000004.npz").unlink()
+    again = gd.fit(MODEL.loss, params, optax.adam, gd.minibatch(data, 16), **kw)
+    assert again.resumed_from == 3
+    np.testing.assert_array_equal(again.losses, ref.losses)
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_not_silently_restarted(tmp_path):
+    init = lambda width: lambda k: gd.models.mlp((width,)).init(k, 4)  # noqa: E731 - same name, other shapes
+    prob = gd.problems.linear_regression(n=64, d=4, key=jax.random.key(0))
+    kw = dict(learning_rates=[0.01], seeds=1, epochs=2, key=jax.random.key(0), checkpoint=tmp_path)
+    gd.sweep(gd.models.mlp((3,)).loss, init(3), optax.sgd, gd.minibatch(prob.data, 16), **kw)
+    shapes = r"leaf 0 is float32\[1, 3\], expected float32\[1, 5\]\. The run.s parameters or settings changed"
+    with pytest.raises(ValueError, match=shapes):
+        gd.sweep(gd.models.mlp((5,)).loss, init(5), optax.sgd, gd.minibatch(prob.data, 16), **kw)

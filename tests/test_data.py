@@ -213,3 +213,11 @@ def test_iterate_needs_a_single_key(key):
 def test_plain_iteration_asks_for_a_key():
     with pytest.raises(TypeError, match=r"it.iterate\(jax.random.key"):
         iter(gd.minibatch(np.zeros((5, 2), np.float32), 2))
+
+
+def test_bfloat16_and_float16_data_are_accepted():
+    for dtype in (jnp.bfloat16, jnp.float16):
+        it = gd.minibatch({"x": jnp.ones((6, 2), dtype)}, 4)
+        assert it.data["x"].dtype == dtype
+    with pytest.raises(ValueError, match="non-finite value"):
+        gd.minibatch({"x": jnp.array([1.0, jnp.inf], jnp.bfloat16)}, 1)

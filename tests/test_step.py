@@ -138,3 +138,38 @@ def test_jitted_step_compiles_once_across_epochs_and_the_ragged_last_batch(compi
             for batch in it.iterate(jax.random.key(1), epoch):
                 state, _ = step(state, batch)
     assert c.count == 0
+
+
+def test_aux_of_any_shape_is_averaged_over_the_real_examples():
+    data = _problem(10)
+    batch = list(gd.minibatch(data, 4, shuffle=False).iterate(jax.random.key(0)))[-1]  # 2 real, 2 padded
+
+    def loss(p, ex):
+        return _loss(p, ex), {"contrib": ex["x"] * p["w"], "count": jnp.ones(())}
+
+    opt = optax.sgd(0.1)
+    _, metrics = gd.make_step(loss, opt, has_aux=True)(gd.init(_params(), opt), batch)
+    np.testing.assert_allclose(
+        metrics["aux"]["contrib"], (data["x"][8:] * np.asarray(_params()["w"])).mean(0), rtol=1e-6
+    )
+    assert metrics["aux"]["count"] == 1.0
+    with pytest.raises(TypeError, match=r"must return \(loss, aux\) with has_aux=True"):
+        gd.make_step(_loss, opt, has_aux=True)(gd.init(_params(), opt), batch)
+
+
+def test_hyperparameters_of_another_float_dtype_do_not_promote_the_optimizer_state():
+    """With x64 on, a traced learning rate is float64; float32 params and their momentum stay float32."""
+    with jax.enable_x64(True):
+        data = {k: v.astype(np.float32) for k, v in _problem(16).items()}
+        res = gd.fit(
+            _loss,
+            _params(),
+            optax.sgd,
+            gd.minibatch(data, 4),
+            epochs=2,
+            key=jax.random.key(0),
+            learning_rate=0.1,
+            hyperparams={"momentum": 0.9},
+        )
+        assert res.params["w"].dtype == jnp.float32
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(res.state.opt_state))

@@ -235,6 +235,7 @@ def test_every_member_diverged_has_no_best():
         ({"hyperparams": {"momentum": [0.1, float("inf")]}}, ValueError, r"hyperparams\['momentum'\].*entry 1 is inf"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be at least 1"),
         ({"seeds": [1, 1]}, ValueError, "seeds must be distinct"),
+        ({"seeds": [1, 2**32 + 1]}, ValueError, r"seeds must be distinct integers in \[0, 2\*\*32\)"),
         ({"seeds": 2.5}, TypeError, "seeds must be a count"),
         ({"devices": ["cpu"]}, TypeError, "devices must be a non-empty sequence of jax.Device"),
         ({"optimizer_fn": optax.sgd(0.1)}, TypeError, "optimizer_fn must be an optax factory"),
@@ -265,6 +266,7 @@ SHARDED = textwrap.dedent(
     many = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, **kw)
     one = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, devices=jax.devices()[:1], **kw)
     chunked = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, chunk_size=5, **kw)
+    placed = gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, devices=[jax.devices()[3]], **kw)
     # settled members agree to float tolerance; unstable ones amplify last-bit differences of the
     # matrix kernels (other member counts per device), so for those only the verdicts are compared
     ok = ~one.diverged & (one.final_loss < one.initial_loss)
@@ -278,6 +280,7 @@ SHARDED = textwrap.dedent(
         "params_equal": close(np.asarray(many.params["w"]), np.asarray(one.params["w"])),
         "diverged_equal": bool((many.diverged == one.diverged).all()),
         "some_diverged": bool(many.diverged.any()),
+        "placed_on": [d.id for d in placed.params["w"].devices()],
         "sharded": len(gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, learning_rates=np.geomspace(1e-3, 1, 16),
                                 epochs=1, key=jax.random.key(1)).params["w"].sharding.device_set),
     }))
@@ -293,3 +296,21 @@ def test_sharded_over_eight_cpu_devices_equals_one_device():
     assert result["devices"] == [8, 1] and result["shape"][0] == 13 and result["settled"] >= 5
     assert result["losses_equal"] and result["chunked_equal"] and result["params_equal"] and result["diverged_equal"]
     assert result["some_diverged"] and result["sharded"] == 8
+    assert result["placed_on"] == [3]  # devices=[one device] runs there
+
+
+def test_progress_counts_real_members_not_padding(capsys):
+    # 6 members in chunks of 4: the second chunk holds 2 real members (one diverging) and 2 copies of the last
+    gd.sweep(
+        MODEL.loss,
+        P0,
+        optax.sgd,
+        IT,
+        learning_rates=[0.01, 0.02, 0.03, 0.04, 0.05, 1e6],
+        epochs=2,
+        key=jax.random.key(0),
+        chunk_size=4,
+        progress=True,
+    )
+    last = [line for line in capsys.readouterr().err.splitlines() if "chunk 2/2" in line][-1]
+    assert "1 of 2 running, 1 diverged" in last
