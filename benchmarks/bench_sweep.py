@@ -874,7 +874,7 @@ def section_progress(cfg: Config, repeats: int) -> dict[str, Any]:
     model = gd.models.linear()
     params = model.init(None, cfg.d)
     times: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(2 * max(repeats, 5) + 2):
+    for i in range(2 * max(repeats, 9) + 2):
         show = bool(i % 2)
         with contextlib.redirect_stderr(io.StringIO()):
             sw = gd.sweep(

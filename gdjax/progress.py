@@ -111,10 +111,10 @@ def drive(
         bar.start = time.perf_counter()  # count training time only, not compilation
     known = _SECONDS_PER_EPOCH.get(program) if program is not None else None
     chunk = 1 if known is None else max(1, int(MIN_INTERVAL / max(known, 1e-9)))
-    done = int(np.max(np.asarray(run.epoch)))
+    epoch, converged, diverged = (np.asarray(f) for f in jax.device_get((run.epoch, run.converged, run.diverged)))
+    done, running = int(epoch.max()), int((~converged & ~diverged).sum())
     while True:
-        flags = jax.device_get((run.converged, run.diverged))
-        if done >= epochs or not (~np.asarray(flags[0]) & ~np.asarray(flags[1])).any():
+        if done >= epochs or running == 0:
             if bar is not None:
                 bar.close()
             return run
