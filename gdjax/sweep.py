@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,12 +57,17 @@ def seed_keys(key: jax.Array, seed: int | jax.Array) -> tuple[jax.Array, jax.Arr
     return tuple(jax.random.split(jax.random.fold_in(key, seed)))
 
 
-class _Static(tuple):
-    """(cfg, params_batched, keys_batched, mesh): the static part of the sweep program."""
+class _Static(NamedTuple):
+    """The static part of the sweep's programs: equal values share compiled code."""
+
+    cfg: _engine.Config
+    params_batched: bool
+    keys_batched: bool
+    mesh: Mesh | None
 
 
 def _sharded(static: _Static, f: Callable, in_specs: tuple) -> Callable:
-    mesh = static[3]
+    mesh = static.mesh
     if mesh is None:
         return f
     # members never communicate; shared inputs stay replicated
@@ -216,7 +221,7 @@ def sweep(
     size = m if chunk_size is None else min(chunk_size, m)
     size = -(-size // len(devs)) * len(devs)
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
-    static = _Static((cfg, params_batched, keys_batched, mesh))
+    static = _Static(cfg, params_batched, keys_batched, mesh)
     settings = functools.cache(
         lambda: _setup.run_settings(  # only called with a checkpoint, once
             "sweep",
