@@ -1,9 +1,14 @@
-"""The compiled training run that ``fit`` runs once and ``sweep`` vmaps.
+"""The compiled training programs behind ``fit`` (one member) and ``sweep`` (many).
 
 A run is a :class:`RunState` (train state, epoch, loss history buffers,
-convergence and divergence flags) advanced by :func:`train`: a
-``lax.while_loop`` over epochs whose body draws the epoch's order, runs a
-``lax.scan`` over its batches and then measures the full-data loss.
+convergence and divergence flags) made by :func:`start` and advanced by
+:func:`train`: a ``lax.while_loop`` over epochs whose body draws the epoch's
+order, runs a ``lax.scan`` over its batches and then measures the full-data
+loss. For a sweep the members' states are stacked and only the epoch body is
+vmapped: the loop and its epoch counter stay shared, so each epoch's order is
+drawn and each batch gathered once for all members. :func:`execute` compiles
+both programs once (:func:`executable` caches them) and runs them, in chunks
+of epochs when a progress bar or checkpoints need it.
 
 Everything that changes between calls of the same shapes is a traced
 argument (hyperparameters, key, epochs, tol, the starting state), so those
