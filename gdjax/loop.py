@@ -41,7 +41,8 @@ class FitResult:
     """What a :func:`fit` run returns.
 
     Attributes:
-      params: the trained parameters (the last finite ones if it diverged).
+      params: the trained parameters (if it diverged, the last ones that
+        passed the divergence checks: finite, with a finite loss).
       state: the final :class:`gdjax.TrainState` (params, optimizer state, step).
       losses: per logged window, the mean mini-batch loss of its steps
         (one entry per step with ``log_every=1``); NaN after a divergence.

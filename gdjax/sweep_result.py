@@ -26,7 +26,7 @@ class SweepResult:
         first when swept).
       seeds: ``(M,)`` seed per member, or None without seeds.
       params: the final parameters, each leaf with a leading axis ``M``
-        (the last finite ones for diverged members).
+        (for diverged members, the last ones that passed the divergence checks).
       losses: ``(M, W)`` mean step loss per window of ``log_every`` steps;
         NaN after a member stopped or diverged.
       epoch_losses: ``(M, E)`` full-data loss after each epoch; NaN where a
