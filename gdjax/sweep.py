@@ -192,6 +192,12 @@ def sweep(
     devs = _devices(devices)
     m = table.count
 
+    # chunks, padded to a multiple of the device count
+    size = m if chunk_size is None else min(chunk_size, m)
+    size = -(-size // len(devs)) * len(devs)
+    chunks = range(0, m, size)
+    chunk_rows = [np.minimum(np.arange(lo, lo + size), m - 1) for lo in chunks]  # padded with the last member
+
     # parameters: shared by every member, or (an init function with seeds) one per seed, made chunk by chunk;
     # keys: the one key, or one order key per seed
     params_batched = table.seeds is not None and callable(params)
@@ -202,9 +208,11 @@ def sweep(
     else:
         pairs = jax.vmap(lambda s: jnp.stack(seed_keys(key, s)))(jnp.asarray(table.seeds, jnp.uint32))
         init_keys, member_keys = np.asarray(jax.random.key_data(pairs[:, 0])), pairs[:, 1]
-        start = (
-            jax.tree.map(lambda x: x[0], _init_many(params, _wrap(init_keys[:1], key))) if params_batched else params
-        )
+        start = params
+    chunk_params = (lambda rows: _init_many(params, _wrap(init_keys[rows], key))) if params_batched else None
+    first_params = chunk_params(chunk_rows[0]) if params_batched else None  # reused by the first chunk
+    if params_batched:
+        start = jax.tree.map(lambda x: x[0], first_params)
     _setup.check_params(start, "params(key)" if callable(params) else "params")
     cfg = _setup.config(
         loss_fn,
@@ -217,9 +225,6 @@ def sweep(
         batched=batched,
     )
 
-    # chunks, padded to a multiple of the device count
-    size = m if chunk_size is None else min(chunk_size, m)
-    size = -(-size // len(devs)) * len(devs)
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
     static = _Static(cfg, params_batched, keys_batched, mesh)
     settings = functools.cache(
@@ -252,12 +257,13 @@ def sweep(
     tol_array = jax.device_put(jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype), whole)
 
     compile_time, wall_time, outs = 0.0, 0.0, []
-    chunks = range(0, m, size)
-    for n_chunk, lo in enumerate(chunks):
-        rows = np.minimum(np.arange(lo, lo + size), m - 1)  # pad with copies of the last member
+    for n_chunk, (lo, rows) in enumerate(zip(chunks, chunk_rows, strict=True)):
+        initial = start  # shared by every member, or each seed's own for this chunk's members:
+        if params_batched:
+            initial = first_params if n_chunk == 0 else chunk_params(rows)
         args = [
             it,
-            _init_many(params, _wrap(init_keys[rows], key)) if params_batched else start,
+            initial,
             {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
             member_keys[rows] if keys_batched else member_keys,
         ]
