@@ -70,7 +70,7 @@ def members(learning_rates: Any, hyperparams: Mapping[str, Any] | None, *, grid:
     """
     if not isinstance(grid, bool):
         raise TypeError(f"grid must be True or False; got {grid!r}.")
-    hyperparams = dict(hyperparams or {})
+    hyperparams = _checks.check_hyperparams(hyperparams)
     if "learning_rate" in hyperparams and learning_rates is not None:
         raise ValueError("learning_rate is given twice: as learning_rates= and in hyperparams. Give it once.")
     named: dict[str, np.ndarray] = {}
@@ -79,8 +79,6 @@ def members(learning_rates: Any, hyperparams: Mapping[str, Any] | None, *, grid:
         if named["learning_rate"].ndim == 0:
             named["learning_rate"] = named["learning_rate"][None]
     for name, value in hyperparams.items():
-        if not isinstance(name, str):
-            raise TypeError(f"hyperparams keys must be keyword names (str); got {name!r}.")
         named[name] = _as_values(f"hyperparams[{name!r}]", value)
     if not named:
         raise ValueError("sweep needs something to sweep: pass learning_rates=[...] and/or hyperparams={name: [...]}.")

@@ -18,22 +18,77 @@ X_LABELS = {
     "time": "wall time (s)",
 }
 RAW_ALPHA = 0.3
+# matplotlib's log axes and log colour bars fail or overflow for values beyond about 1e-290 and 1e307: a
+# hyperparameter outside this range is drawn as its log10 instead
+LOG_SAFE = (1e-200, 1e200)
+MAX_POINTS = 20_000  # a longer curve is thinned evenly for drawing
 
 
 def moving_average(values: Any, window: int) -> np.ndarray:
     """Trailing mean over ``window`` entries; the first ``window - 1`` average what exists so far.
 
+    A window holding NaN (or both infinities) averages to NaN and one holding
+    ``inf`` to ``inf``, as ``np.mean`` would; the windows after it are not
+    affected.
+
     Example:
       >>> moving_average([1.0, 2.0, 3.0, 4.0], 2).tolist()
       [1.0, 1.5, 2.5, 3.5]
+      >>> moving_average([1.0, float("inf"), 3.0, 5.0], 2).tolist()
+      [1.0, inf, inf, 4.0]
     """
     v = np.asarray(values, dtype=np.float64)
     if window < 1:
         raise ValueError(f"smooth must be at least 1; got {window}.")
-    csum = np.concatenate([[0.0], np.cumsum(v)])
     idx = np.arange(1, len(v) + 1)
     lo = np.maximum(idx - window, 0)
-    return (csum[idx] - csum[lo]) / (idx - lo)
+
+    def window_sums(a: np.ndarray) -> np.ndarray:
+        csum = np.concatenate([[0.0], np.cumsum(a)])
+        return csum[idx] - csum[lo]
+
+    finite = np.isfinite(v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = window_sums(np.where(finite, v, 0.0)) / (idx - lo)
+    if finite.all():
+        return mean
+    nan, pos, neg = (window_sums(m.astype(np.float64)) > 0 for m in (np.isnan(v), v == np.inf, v == -np.inf))
+    mean[pos] = np.inf
+    mean[neg] = -np.inf
+    mean[nan | (pos & neg)] = np.nan
+    return mean
+
+
+def thin(count: int) -> np.ndarray:
+    """Indices of at most about ``MAX_POINTS`` evenly spaced points of ``count``, the last one included."""
+    if count <= MAX_POINTS:
+        return np.arange(count)
+    return np.unique(np.append(np.arange(0, count, -(-count // MAX_POINTS)), count - 1))
+
+
+def hp_axis(values: np.ndarray, name: str) -> tuple[np.ndarray, str, bool]:
+    """How to draw a hyperparameter: ``(coordinates, axis label, log scale)``.
+
+    Positive values go on a log scale; positive values beyond :data:`LOG_SAFE`
+    as their log10 on a linear one; zero, negative or non-finite values on a
+    linear scale.
+    """
+    label = axis_name(name)
+    finite = values[np.isfinite(values)]
+    if len(finite) and (finite > 0).all():
+        if LOG_SAFE[0] <= finite.min() and finite.max() <= LOG_SAFE[1]:
+            return values, label + " (log scale)", True
+        return np.log10(values), f"log10 of the {label}", False
+    return values, label, False
+
+
+def has_positive_data(ax: Axes) -> bool:
+    """Whether some line drawn on ``ax`` has a finite positive y value (a log axis needs one)."""
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), np.float64)
+        if (np.isfinite(y) & (y > 0)).any():
+            return True
+    return False
 
 
 def new_axes(ax: Axes | None, size: tuple[float, float] = (7.0, 4.5)) -> Axes:
@@ -69,6 +124,7 @@ def window_steps(res: FitResult | SweepResult, count: int) -> np.ndarray:
 
 
 def finish(ax: Axes, x: str, log: bool, *, title: str, ylabel: str = "loss") -> None:
+    log = log and has_positive_data(ax)  # no positive loss to show on a log axis: a linear one
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
     if log:

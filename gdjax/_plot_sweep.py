@@ -11,7 +11,20 @@ from matplotlib import colormaps, colors
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 
-from gdjax._plot_base import X_LABELS, axis_name, check_x, hp_values, moving_average, new_axes, step_scale, window_steps
+from gdjax._plot_base import (
+    LOG_SAFE,
+    X_LABELS,
+    axis_name,
+    check_x,
+    has_positive_data,
+    hp_axis,
+    hp_values,
+    moving_average,
+    new_axes,
+    step_scale,
+    thin,
+    window_steps,
+)
 from gdjax.sweep_result import SweepResult
 
 __all__ = ["curves", "heatmap", "sweep"]
@@ -24,6 +37,10 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
     crosses along the top of the axes; the best member is a star. With seeds,
     each member is a dot and the line follows the median over seeds.
 
+    Any valid result can be drawn: the loss axis is linear when no loss is
+    positive, a hyperparameter with zero or negative values is on a linear
+    axis, and one beyond about 1e-200 or 1e200 is drawn as its log10.
+
     Example:
       >>> import jax, numpy as np, optax, gdjax as gd
       >>> prob = gd.problems.linear_regression(n=256, d=4, key=jax.random.key(0))
@@ -35,16 +52,25 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
       ('log', 'log')
     """
     ax = new_axes(ax)
-    values = hp_values(result, hyperparam)
+    raw = hp_values(result, hyperparam)
+    values, xlabel, xlog = hp_axis(raw, hyperparam)
     final = np.asarray(result.final_loss, np.float64)
     ok = result.healthy
     # members that blew up without overflowing yet would stretch the axis: draw them at a cap instead
-    cap = 10 * float(np.max(np.asarray(result.initial_loss)[ok])) if ok.any() else 1.0
+    start = np.asarray(result.initial_loss, np.float64)[ok]
+    start = start[np.isfinite(start)]
+    cap = 10 * float(start.max()) if len(start) and 0 < start.max() < 1e300 else np.inf
     over = ok & (final > cap)
     shown = ok & ~over
+    if np.isfinite(cap):
+        top = 1.5 * cap
+    else:  # no usable initial loss: the crosses go above the highest loss drawn
+        drawn = final[shown]
+        high = float(drawn.max()) if len(drawn) else 1.0
+        top = 1.5 * high if 0 < high < 1e300 else high + 1.0
     order = np.argsort(values, kind="stable")
     xs, ys, shows = values[order], final[order], shown[order]
-    uniq = np.unique(xs[shows])
+    uniq = np.unique(xs[shows & np.isfinite(xs)])
     if len(uniq):
         med = np.array([np.median(ys[shows & (xs == u)]) for u in uniq])
         label = "final loss" + (" (median over seeds)" if result.seeds is not None else "")
@@ -70,7 +96,7 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
     if (~ok).any():
         ax.plot(
             values[~ok],
-            np.full((~ok).sum(), cap * 1.5),
+            np.full((~ok).sum(), top),
             "x",
             ms=7,
             mew=2,
@@ -87,12 +113,14 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
             color="C1",
             mec="black",
             zorder=5,
-            label=f"best: {axis_name(hyperparam)} {values[best]:.3g}, loss {final[best]:.4g}",
+            label=f"best: {axis_name(hyperparam)} {raw[best]:.3g}, loss {final[best]:.4g}",
         )
-    ax.set_xscale("log")
+    if xlog:
+        ax.set_xscale("log")
+    log = log and has_positive_data(ax)
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel(axis_name(hyperparam) + " (log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("final full-data loss" + (" (log scale)" if log else ""))
     ax.set_title(f"Sweep of {result.num_members} members: final loss against {axis_name(hyperparam)}")
     ax.grid(True, which="major", alpha=0.3)
@@ -111,6 +139,9 @@ def curves(
 ) -> Axes:
     """Every member's loss curve, coloured by a swept hyperparameter, with a colour bar.
 
+    A curve longer than 20,000 points is thinned evenly for drawing (after
+    smoothing). Equal hyperparameter values share one colour, with no colour bar.
+
     Example:
       >>> import jax, numpy as np, optax, gdjax as gd
       >>> prob = gd.problems.linear_regression(n=256, d=4, key=jax.random.key(0))
@@ -122,29 +153,34 @@ def curves(
     """
     check_x(x)
     ax = new_axes(ax, size=(7.6, 4.5))
-    values = hp_values(result, hyperparam)
-    positive = values[values > 0]
-    norm = colors.LogNorm(positive.min(), positive.max()) if len(positive) and positive.min() < positive.max() else None
+    values, label, logc = hp_axis(hp_values(result, hyperparam), hyperparam)
+    finite = values[np.isfinite(values)]
+    norm = None
+    if len(finite) and finite.max() > finite.min() + 1e-9 * np.abs(finite).max():  # values that differ: a colour bar
+        norm = colors.LogNorm(finite.min(), finite.max()) if logc else colors.Normalize(finite.min(), finite.max())
     cmap = colormaps["viridis"]
     steps = window_steps(result, result.losses.shape[1])
+    keep = thin(len(steps))
+    scale = step_scale(result, x, float(np.max(result.num_steps)))
     for k in np.argsort(values):
         curve = np.asarray(result.losses[k], np.float64)
         if smooth:
             curve = moving_average(curve, max(1, int(smooth) // result.log_every))
-        scale = step_scale(result, x, float(np.max(result.num_steps)))
-        shade = cmap(norm(values[k])) if norm is not None else cmap(0.5)
-        ax.plot(steps * scale, curve, lw=1.0, color=shade, alpha=0.85 if not result.diverged[k] else 0.35)
+        shade = cmap(norm(values[k])) if norm is not None and np.isfinite(values[k]) else cmap(0.5)
+        ax.plot(steps[keep] * scale, curve[keep], lw=1.0, color=shade, alpha=0.85 if not result.diverged[k] else 0.35)
     healthy = result.healthy
-    if log and healthy.any():  # keep the view on the members that trained; blow-ups leave through the top
-        tops = np.asarray(result.initial_loss)[healthy]
+    log = log and has_positive_data(ax)
+    if log and healthy.any() and result.losses.shape[1]:  # keep the view on the members that trained
+        tops = np.asarray(result.initial_loss, np.float64)[healthy]
+        tops = tops[np.isfinite(tops) & (tops > 0)]
         kept = np.where(np.isfinite(result.losses[healthy]), result.losses[healthy], np.inf)
         bottoms = kept.min(axis=1)
         bottoms = bottoms[np.isfinite(bottoms) & (bottoms > 0)]
-        if len(bottoms):
+        if len(bottoms) and len(tops) and bottoms.min() < tops.max() < 1e300:  # blow-ups leave through the top
             ax.set_ylim(bottoms.min() / 2, tops.max() * 10)
     if norm is not None:
         bar = ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
-        bar.set_label(axis_name(hyperparam) + " (log scale)")
+        bar.set_label(label)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(("moving average of " if smooth else "") + "mini-batch loss" + (" (log scale)" if log else ""))
     if log:
@@ -190,14 +226,17 @@ def heatmap(result: SweepResult, *, x: str = "learning_rate", y: str | None = No
                 grid[i, j] = np.median(vals[np.isfinite(vals)]) if np.isfinite(vals).any() else np.nan
                 bad[i, j] = not np.isfinite(vals).any()
     finite = grid[np.isfinite(grid)]
-    norm = (
-        colors.LogNorm(finite.min(), finite.max())
-        if len(finite) and finite.min() > 0 and finite.min() < finite.max()
-        else None
-    )
+    norm = None
+    if len(finite) and LOG_SAFE[0] <= finite.min() and finite.max() <= LOG_SAFE[1]:
+        norm = colors.LogNorm(finite.min(), finite.max()) if finite.min() < finite.max() else None
+    elif len(finite) and finite.min() < finite.max():
+        norm = colors.Normalize(finite.min(), finite.max())
+    if norm is None:  # one value, or none at all: a plain colour scale around it
+        centre = float(finite[0]) if len(finite) else 0.0
+        norm = colors.Normalize(centre - (abs(centre) or 1.0), centre + (abs(centre) or 1.0))
     image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis_r", norm=norm)
     bar = ax.figure.colorbar(image, ax=ax)
-    bar.set_label("final full-data loss" + (" (log scale)" if norm is not None else ""))
+    bar.set_label("final full-data loss" + (" (log scale)" if isinstance(norm, colors.LogNorm) else ""))
     for i, j in zip(*np.nonzero(bad), strict=True):
         ax.text(j, i, "x", ha="center", va="center", color="C3", fontsize=14, fontweight="bold")
     best = result.best_index

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gdjax import _checks
-from gdjax._engine import Config, capacity, signature, unroll_for
-from gdjax.checkpoint import Checkpointer, digest
+from gdjax import _checks, _optimizer
+from gdjax._engine import Config, capacity, check_steps, signature, unroll_for
+from gdjax.checkpoint import Checkpointer, digest, function_digest
 from gdjax.data import Batch, DataIterator
-from gdjax.step import batch_loss
+from gdjax.step import BATCHED_FORMS, accumulation_dtype, batch_loss
 
 PyTree = Any
 
@@ -41,6 +41,11 @@ def check_params(params: PyTree, name: str = "params") -> None:
         raise ValueError(f"{name} is empty: there is nothing to train. Pass a pytree of float arrays.")
     for path, leaf in leaves:
         dtype = getattr(leaf, "dtype", None)
+        if callable(leaf) and dtype is None:
+            raise TypeError(
+                f"{name}{jax.tree_util.keystr(path)} is a function, not parameters; call your init function and "
+                f"pass what it returns (params=init(jax.random.key(0))); gd.sweep also takes the function itself."
+            )
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
                 f"{name}{jax.tree_util.keystr(path)} must be a float array to be trained; got "
@@ -69,9 +74,7 @@ def hyperparameters(
 ) -> dict[str, Any]:
     """Collect ``learning_rate`` and ``hyperparams`` into one checked mapping of numpy values."""
     factory = is_factory(optimizer)
-    hyperparams = dict(hyperparams or {})
-    if not isinstance(hyperparams, dict) or not all(isinstance(k, str) for k in hyperparams):
-        raise TypeError("hyperparams must be a mapping from keyword names (str) to values.")
+    hyperparams = _checks.check_hyperparams(hyperparams)
     if "learning_rate" in hyperparams and learning_rate is not None:
         raise ValueError("learning_rate is given twice: as learning_rate= and in hyperparams. Give it once.")
     if learning_rate is not None:
@@ -88,7 +91,7 @@ def hyperparameters(
             f"optimizer {getattr(optimizer, '__name__', optimizer)!r} is a factory, so it needs its values: "
             f"pass learning_rate=... (and hyperparams={{...}} for others), or pass a built optimizer."
         )
-    _check_keywords(optimizer, hyperparams)
+    _optimizer.check_keywords(optimizer, hyperparams)
     out = {}
     for name, value in hyperparams.items():
         arr = _checks.check_hyperparam(value, name)
@@ -98,48 +101,60 @@ def hyperparameters(
     return out
 
 
-def _check_keywords(factory: Callable, hyperparams: dict[str, Any]) -> None:
-    """Fail now, with a plain sentence, if the factory does not take these keywords."""
-    import inspect
-
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # builtins and odd callables: let the call itself tell
-        return
-    try:
-        signature.bind(**hyperparams)
-    except TypeError as exc:
-        name = getattr(factory, "__name__", repr(factory))
-        raise TypeError(
-            f"optimizer factory {name} cannot take {sorted(hyperparams)}: {exc}. "
-            f"It accepts {list(signature.parameters)}; check the names in learning_rate= and hyperparams=."
-        ) from None
-
-
 def loss_dtype(loss_fn: Callable, params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool) -> Any:
     """Check the loss on one batch with ``eval_shape`` and return its dtype."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
-    objective = batch_loss(loss_fn, has_aux=has_aux, batched=batched)
+    for flag, value in (("has_aux", has_aux), ("batched", batched)):
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError(f"{flag} must be True or False; got {type(value).__name__} {value!r}.")
     example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
     batch = Batch(example, jax.ShapeDtypeStruct((it.batch_size,), bool))
     try:
-        out = jax.eval_shape(objective, params, batch)
-    except TypeError as exc:
-        if "loss_fn must return" in str(exc):
-            raise
-        raise _mismatch(params, it, exc) from exc
+        out = jax.eval_shape(batch_loss(loss_fn, has_aux=has_aux, batched=batched), params, batch)
     except Exception as exc:
-        raise _mismatch(params, it, exc) from exc
+        # does the other form work? then the flag is what is wrong
+        try:
+            jax.eval_shape(batch_loss(loss_fn, has_aux=has_aux, batched=not batched), params, batch)
+            other = True
+        except Exception:
+            other = False
+        if batched:
+            raise _batched_mismatch(params, it, exc, per_example=other) from exc
+        if isinstance(exc, TypeError) and "loss_fn must return" in str(exc) and not other:
+            raise
+        raise _mismatch(params, it, exc, batched=other) from exc
     return out[0].dtype
 
 
-def _mismatch(params: PyTree, it: DataIterator, exc: Exception) -> TypeError:
-    shapes = lambda tree: jax.tree.map(lambda x: f"{getattr(x, 'dtype', '?')}{list(getattr(x, 'shape', ()))}", tree)  # noqa: E731
+def _shapes(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: f"{getattr(x, 'dtype', '?')}{list(getattr(x, 'shape', ()))}", tree)
+
+
+def _mismatch(params: PyTree, it: DataIterator, exc: Exception, *, batched: bool = False) -> TypeError:
     example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), it.data)
+    hint = (
+        " It works when given a whole gd.Batch: if it is written per batch, loss_fn(params, batch) applying "
+        "batch.mask, pass batched=True."
+        if batched
+        else ""
+    )
     return TypeError(
-        f"loss_fn(params, example) failed on these structures: params = {shapes(params)}, "
-        f"example = {shapes(example)}. Make the loss accept them. The error was: {type(exc).__name__}: {exc}"
+        f"loss_fn(params, example) failed on these structures: params = {_shapes(params)}, "
+        f"example = {_shapes(example)}. Make the loss accept them.{hint} The error was: {type(exc).__name__}: {exc}"
+    )
+
+
+def _batched_mismatch(params: PyTree, it: DataIterator, exc: Exception, *, per_example: bool) -> TypeError:
+    data = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
+    hint = (
+        "loss_fn works on one example: drop batched=True. "
+        if per_example
+        else f"Make it accept batch.data = {_shapes(data)} and params = {_shapes(params)}. "
+    )
+    return TypeError(
+        f"loss_fn(params, batch) failed with batched=True. {BATCHED_FORMS} {hint}"
+        f"The error was: {type(exc).__name__}: {exc}"
     )
 
 
@@ -153,21 +168,35 @@ def config(
     log_every: int,
     has_aux: bool,
     batched: bool,
+    members: int = 1,
 ) -> Config:
+    """The run's static configuration (cached: equal configurations share compiled programs).
+
+    ``members`` is the number of runs one program holds (a sweep's chunk),
+    which bounds how many epochs of history fit in it.
+    """
+    epoch_capacity = capacity(epochs, it.num_batches, log_every, members, itemsize=8)
     sig = (
         loss_fn,
         optimizer,
         has_aux,
         batched,
         log_every,
-        capacity(epochs),
+        epoch_capacity,
         signature(params),
         signature(it),
     )
     cfg = _CONFIGS.get(sig)
     if cfg is None:
         cfg = _make_config(
-            loss_fn, optimizer, params, it, epochs=epochs, log_every=log_every, has_aux=has_aux, batched=batched
+            loss_fn,
+            optimizer,
+            params,
+            it,
+            epoch_capacity=epoch_capacity,
+            log_every=log_every,
+            has_aux=has_aux,
+            batched=batched,
         )
         if len(_CONFIGS) >= 256:
             _CONFIGS.pop(next(iter(_CONFIGS)))
@@ -178,7 +207,7 @@ def config(
 _CONFIGS: dict[Any, Config] = {}
 
 
-def _make_config(loss_fn, optimizer, params, it, *, epochs, log_every, has_aux, batched) -> Config:
+def _make_config(loss_fn, optimizer, params, it, *, epoch_capacity, log_every, has_aux, batched) -> Config:
     dtype = loss_dtype(loss_fn, params, it, has_aux=has_aux, batched=batched)
     return Config(
         loss_fn=loss_fn,
@@ -187,8 +216,8 @@ def _make_config(loss_fn, optimizer, params, it, *, epochs, log_every, has_aux, 
         has_aux=bool(has_aux),
         batched=bool(batched),
         log_every=log_every,
-        epoch_capacity=capacity(epochs),
-        loss_dtype=dtype,
+        epoch_capacity=epoch_capacity,
+        loss_dtype=accumulation_dtype(dtype),
         unroll=unroll_for(params, it.batch_size),
     )
 
@@ -201,6 +230,7 @@ def common(loss_fn, params, optimizer, data, epochs, key, tol, log_every, progre
         raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
     it = check_data(data)
     epochs = _checks.check_positive_int(epochs, "epochs", low=1)
+    check_steps(epochs, it.num_batches)
     key = _checks.check_key(key)
     tol = _checks.check_tol(tol)
     log_every = _checks.check_positive_int(log_every, "log_every", low=1)
@@ -231,8 +261,10 @@ def checkpointer(
     """Check the checkpoint arguments and build the :class:`Checkpointer` (None without ``checkpoint``).
 
     ``settings()`` describes the run (called only with a checkpoint: it
-    hashes the data); a folder holding another run's checkpoints is refused
-    here, before anything is compiled.
+    hashes the data). The folder is created and tried for writing here; the
+    caller then runs under ``checkpoint.holding([...])``, which locks the
+    folder and refuses one holding another run's checkpoints, all before
+    anything is compiled.
     """
     if checkpoint is None:
         if checkpoint_every is not None:
@@ -246,9 +278,7 @@ def checkpointer(
             "checkpoint= needs the optimizer as a factory with its values (optimizer=optax.sgd, "
             "learning_rate=0.1), so that the checkpoint can record them; a built optimizer hides them."
         )
-    ckpt = Checkpointer(checkpoint, {**settings(), "x64": bool(jax.config.jax_enable_x64)}, every=every, prefix=prefix)
-    ckpt.check_folder()
-    return ckpt
+    return Checkpointer(checkpoint, {**settings(), "x64": bool(jax.config.jax_enable_x64)}, every=every, prefix=prefix)
 
 
 def data_settings(it: DataIterator) -> dict[str, Any]:
@@ -262,6 +292,7 @@ def run_settings(kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator,
     return {
         "kind": kind,
         "loss_fn": describe(loss_fn),
+        "loss_fn_digest": function_digest(loss_fn),  # a closure of the same name over other values differs
         "optimizer": describe(optimizer),
         "data": data_settings(it),
         "key": digest(key),

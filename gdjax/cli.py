@@ -9,15 +9,20 @@
   and ``curves.png``.
 
 Any bad input (a missing or malformed file, an option out of range, an
-argument gdjax refuses) ends the command with one line ``gdjax: error: ...``
-on standard error and exit status 2, never a traceback. :func:`main` returns
-the exit status rather than exiting (argparse's own usage errors still raise
-``SystemExit(2)``).
+argument gdjax refuses, an output that cannot be written) ends the command
+with one line ``gdjax: error: ...`` on standard error and exit status 2, never
+a traceback. What can be checked is checked before anything is compiled: the
+options (learning rates representable in float32, fewer than 2**31 steps, the
+estimated memory against half of this machine's memory), the data file, and
+the output folder (created, probed with a temporary file, no output that is a
+folder or the input itself). :func:`main` returns the exit status rather than
+exiting (argparse's own usage errors still raise ``SystemExit(2)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import json
@@ -25,8 +30,9 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,13 @@ _OPTIMIZERS = {"sgd": optax.sgd, "momentum": functools.partial(optax.sgd, moment
 _MODELS = {"linear": "linear regression", "logistic": "logistic regression", "mlp": "MLP regression"}
 _MAX_SEED = 2**32 - 1
 _FIRST_COLUMNS = ("learning_rate", "final_loss", "diverged", "converged", "num_steps", "num_epochs")
+_SWEEP_FILES = ("results.csv", "summary.json", "sweep.png", "curves.png")
+_F32 = np.finfo(np.float32)
+_MAX_STEPS = 2**31  # steps are counted in int32 on the device
+_MEMORY_FRACTION = 0.5  # of physical memory: the most a sweep may plan to use
+_FALLBACK_MEMORY = 16 * 2**30  # when the machine's memory cannot be read
+_OPTIMIZER_COPIES = {"sgd": 0, "momentum": 1, "adam": 2}  # optimizer state, in copies of the parameters
+_ROW_BYTES = 2048  # a member's row of the results table, as Python objects
 
 _SWEEP_EPILOG = """\
 The final loss is the mean loss over the whole data set after the last epoch: squared error / 2 for linear \
@@ -164,19 +177,72 @@ def _check_options(args: argparse.Namespace) -> None:
     for flag, value in (("--num-lrs", args.num_lrs), ("--epochs", args.epochs), ("--batch-size", batch)):
         _check(value >= 1, f"{flag} must be at least 1; got {value}.")
     _check(args.hidden >= 1, f"--hidden must be at least 1; got {args.hidden}.")
+    tiny, huge = float(_F32.tiny), float(_F32.max)
     for flag, value in (("--lr-min", args.lr_min), ("--lr-max", args.lr_max)):
         _check(math.isfinite(value) and value > 0, f"{flag} must be a positive number; got {value:g}.")
+        _check(
+            tiny <= value <= huge,
+            f"{flag} {value:g} cannot be a float32 learning rate (the sweep trains in float32); "
+            f"use a value between {tiny:.4g} and {huge:.4g}.",
+        )
     _check(args.lr_min < args.lr_max, f"--lr-min ({args.lr_min:g}) must be smaller than --lr-max ({args.lr_max:g}).")
+    _check(
+        np.float32(args.lr_min) < np.float32(args.lr_max),
+        f"--lr-min ({args.lr_min:.10g}) and --lr-max ({args.lr_max:.10g}) are the same number in float32, the "
+        "precision the sweep trains in; widen the range.",
+    )
 
 
-def _out_dir(text: str) -> Path:
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _out_dir(text: str, names: Sequence[str] = (), inputs: Sequence[Path] = ()) -> Path:
+    """Check the output folder before any work: create it, prove it writable, and check the files to be written.
+
+    Refuses an ``--out`` that is a file or cannot be created or written
+    into, an output file (``names``) that is a folder or not a regular file,
+    and an output file that is one of ``inputs`` (writing would destroy it).
+    """
+    _check(text != "", "--out is empty; name a folder (it is created if needed).")
     out = Path(text)
-    _check(not out.exists() or out.is_dir(), f"--out {out} is a file; name a folder (it is created if needed).")
+    try:
+        _check(not out.exists() or out.is_dir(), f"--out {out} is a file; name a folder (it is created if needed).")
+        for name in names:
+            target = out / name
+            for data in inputs:
+                same = target.resolve() == data.resolve() or (target.exists() and os.path.samefile(target, data))
+                _check(
+                    not same,
+                    f"--out {out} would overwrite the input {data} with {name}; choose another --out folder "
+                    "(or move the data file).",
+                )
+            _check(not target.is_dir(), f"{target} is a folder; gdjax would write its {name} there: move it away.")
+            _check(
+                not target.exists() or target.is_file(),
+                f"{target} exists and is not a regular file; gdjax would write its {name} there: move it away.",
+            )
+    except OSError as exc:
+        raise _UsageError(f"cannot use --out {out}: {_strerror(exc)}.") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _UsageError(f"cannot create the output folder {out}: {exc.strerror or exc}.") from None
+        raise _UsageError(f"cannot create the output folder {out}: {_strerror(exc)}.") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gdjax-probe-", dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise _UsageError(
+            f"the output folder {out} is not writable (creating a file in it failed: {_strerror(exc)}); "
+            "choose another --out."
+        ) from None
     return out
+
+
+def _write_error(exc: OSError, out: Path) -> _UsageError:
+    where = exc.filename if exc.filename is not None else out
+    return _UsageError(f"cannot write {where}: {_strerror(exc)}.")
 
 
 def _gdjax_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -196,7 +262,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"Linear regression, {n} examples, {d} features: the same problem three ways, then a sweep.\n")
     print(format_table(demo.problem, demo.variants, demo.sweep))
     print()
-    for path in write_figures(demo, out):
+    try:
+        paths = write_figures(demo, out)
+    except OSError as exc:
+        raise _write_error(exc, out) from None
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -210,6 +280,98 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
+
+
+def _memory_limit() -> tuple[int, str]:
+    """The memory a sweep may plan to use, and a phrase saying where the limit comes from."""
+    limit, where = None, ""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        physical = 0
+    if physical > 0:
+        limit, where = int(physical * _MEMORY_FRACTION), f"half of this machine's {_gib(physical)}"
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    available = (stats or {}).get("bytes_limit")
+    if available and (limit is None or available < limit):
+        limit, where = int(available), f"the memory of the {device.platform} device"
+    if limit is None:
+        limit, where = _FALLBACK_MEMORY, "a fixed limit, as this machine's memory is unknown"
+    return limit, where
+
+
+def _check_size(args: argparse.Namespace, n: int, d: int, batch: int, steps_per_epoch: int) -> None:
+    """Refuse a sweep that cannot run: too many steps for int32, or more memory than the limit."""
+    steps = args.epochs * steps_per_epoch
+    _check(
+        steps < _MAX_STEPS,
+        f"--epochs {args.epochs} makes {steps:,} steps ({_plural(steps_per_epoch, 'step')} per epoch); gdjax counts "
+        f"steps in 32-bit integers, so there must be fewer than 2**31: use --epochs "
+        f"{(_MAX_STEPS - 1) // steps_per_epoch:,} or fewer (or a larger --batch-size).",
+    )
+    mlp = args.model == "mlp"
+    params = (d + 2) * args.hidden + 1 if mlp else d + 1
+    # per member: parameters, gradient, update and last good parameters, plus the optimizer's copies; the
+    # activations of the full-data loss (every row) or of a step (forward, derivative, backward)
+    width = args.hidden if mlp else 1
+    model = 4 * ((4 + _OPTIMIZER_COPIES[args.optimizer]) * params + max(2 * n, 3 * batch) * width)
+    # the loss of every step (the history's capacity is a power of two of epochs): on the device, back on the
+    # host, and in float64 for the results and the figures
+    capacity = 1 << max(0, args.epochs - 1).bit_length()
+    history = 16 * capacity * (steps_per_epoch + 1)
+    member = model + history + _ROW_BYTES
+    need = args.num_lrs * member + 8 * n * (d + 1)
+    limit, where = _memory_limit()
+    if need <= limit:
+        return
+    fixes = ["--hidden"] if mlp and model >= history else []
+    fixes += ["--epochs"] if history > model else []
+    if member > limit:
+        raise _UsageError(
+            f"even one learning rate would need about {_gib(member)} of memory ({params:,} parameters, "
+            f"{steps:,} steps of loss history), more than the limit of {_gib(limit)} ({where}); "
+            f"lower {' or '.join(fixes or ['--hidden', '--epochs'])}."
+        )
+    raise _UsageError(
+        f"this sweep would need about {_gib(need)} of memory ({args.num_lrs:,} learning rates, each "
+        f"{params:,} parameters and {steps:,} steps of loss history), more than the limit of {_gib(limit)} "
+        f"({where}); lower {' or '.join(['--num-lrs', *fixes])} (at most {max(1, limit // member):,} learning "
+        f"rates fit), or run the members in chunks from Python with gdjax.sweep(..., chunk_size=N)."
+    )
+
+
+def _nonfinite_kinds(value: Any) -> list[str]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [str(value)]  # 'inf', '-inf' or 'nan'
+    if isinstance(value, list):
+        return sorted({kind for v in value for kind in _nonfinite_kinds(v)})
+    return []
+
+
+def _json_ready(value: Any) -> Any:
+    """Strict JSON: a non-finite float becomes null, and its dict gains ``"<key>_nonfinite"`` saying what it was.
+
+    The flag is ``"inf"``, ``"-inf"`` or ``"nan"``; a list holding non-finite
+    floats has them as null, and its flag names their kinds (``"inf, nan"``).
+    """
+    if isinstance(value, dict):
+        ready = {}
+        for key, v in value.items():
+            ready[key] = _json_ready(v)
+            kinds = _nonfinite_kinds(v)
+            if kinds:
+                ready[f"{key}_nonfinite"] = ", ".join(kinds)
+        return ready
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _summary(args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, Any]) -> dict[str, Any]:
     k = sw.best_index
     best = None
@@ -221,7 +383,7 @@ def _summary(args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, Any])
             best["bias"] = float(p["b"])
     settings = {key: v for key, v in vars(args).items() if key != "command"}
     py = platform.python_version()
-    return {
+    summary = {
         "best": best,
         "num_members": sw.num_members,
         "num_diverged": int(sw.diverged.sum()),
@@ -233,22 +395,28 @@ def _summary(args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, Any])
         "jax_backend": jax.default_backend(),
         "devices": sw.devices,
     }
+    return _json_ready(summary)
 
 
-def _write_results(out: Path, sw: gd.SweepResult, summary: dict[str, Any]) -> list[Path]:
+def _write_results(out: Path, sw: gd.SweepResult, summary: dict[str, Any]) -> Iterator[Path]:
+    """Write the four outputs, yielding each path once written (``OSError`` as the file system raises it)."""
     from gdjax import plot
 
     rows = sw.to_rows()
     names = [c for c in _FIRST_COLUMNS if c in rows[0]] + [c for c in rows[0] if c not in _FIRST_COLUMNS]
-    paths = [out / "results.csv", out / "summary.json", out / "sweep.png", out / "curves.png"]
+    paths = [out / name for name in _SWEEP_FILES]
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"  # strict JSON: _summary made every number finite
     with paths[0].open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(rows)
-    paths[1].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    yield paths[0]
+    paths[1].write_text(text, encoding="utf-8")
+    yield paths[1]
     plot.sweep(sw).figure.savefig(paths[2])
+    yield paths[2]
     plot.curves(sw, x="epoch", smooth=_smooth_window(sw.losses.shape[1])).figure.savefig(paths[3])
-    return paths
+    yield paths[3]
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -262,9 +430,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.standardize:
         x, mean, std = csvdata.standardize(x)
         info["standardization"] = {name: {"mean": m, "std": v} for name, m, v in zip(features, mean, std, strict=True)}
-    out = _out_dir(args.out)
     data = {"x": x, "y": y}
     it = _gdjax_call(gd.full_batch, data) if args.batch_size == "full" else _gdjax_call(gd.minibatch, data, batch)
+    _check_size(args, n, d, batch, it.num_batches)
+    out = _out_dir(args.out, _SWEEP_FILES, [path])
     mlp = functools.partial(gd.models.mlp, (args.hidden,), task="regression")
     model = {"linear": gd.models.linear, "logistic": gd.models.logistic, "mlp": mlp}[args.model]()
     lrs = np.geomspace(args.lr_min, args.lr_max, args.num_lrs)
@@ -293,9 +462,35 @@ def _sweep(args: argparse.Namespace) -> int:
         end, flag = ("smallest", "--lr-min") if k == 0 else ("largest", "--lr-max")
         print(f"note: the best learning rate is the {end} one tried; widen the range with {flag}.")
     print()
-    for written in _write_results(out, sw, _summary(args, sw, info)):
-        print(f"wrote {written}")
+    try:
+        for written in _write_results(out, sw, _summary(args, sw, info)):
+            print(f"wrote {written}")
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        raise _write_error(exc, out) from None
     return 0
+
+
+def _tolerant_streams() -> Callable[[], None]:
+    """Make standard output and error escape what their encoding cannot show, rather than raise.
+
+    A column named ``Ω`` printed to a cp1252 console becomes ``\\u03a9``.
+    Returns a function that puts the streams back as they were.
+    """
+    undo: list[Callable[[], None]] = []
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            reconfigure(errors="backslashreplace")
+            undo.append(functools.partial(reconfigure, errors="strict"))
+
+    def restore() -> None:
+        for fn in undo:
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing left to print on it
+                fn()
+
+    return restore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +507,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       SystemExit: from argparse, for ``--help``, ``--version`` and malformed
         command lines.
     """
+    restore = _tolerant_streams()
+    try:
+        return _main(argv)
+    finally:
+        restore()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

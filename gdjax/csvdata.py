@@ -8,7 +8,7 @@ order, a feature of ``x``.
 
 Every problem raises :class:`CsvError` with one sentence that names the file,
 the line (counting the header as line 1, as an editor does), the column and
-the offending value, and says how to fix it.
+the offending value (cut short if long), and says how to fix it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ import numpy as np
 __all__ = ["CsvError", "load_csv", "standardize"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SHOWN_CHARS = 40  # a cell or column name longer than this is cut short in messages
+_SHOWN_COLUMNS = 20  # at most this many column names are listed in a message
+_NONFINITE_WORDS = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+def _shown(text: str) -> str:
+    """``repr`` of a cell or name, cut short: one bad cell of 100,000 digits must not make a 100,000-character line."""
+    text = text.strip()
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return repr(text[:_SHOWN_CHARS]) + f"... ({len(text):,} characters)"
 
 
 class CsvError(ValueError):
@@ -37,21 +48,27 @@ def _read_header(reader: Any, name: str, target: str) -> list[str]:
         raise CsvError(f"{name} is empty; it needs a header row naming the columns, then rows of numbers.")
     columns = [cell.strip() for cell in header]
     line = reader.line_num
+    seen: set[str] = set()  # not columns.index: a header of 100,000 columns must not take quadratic time
     for j, column in enumerate(columns):
         if not column:
             raise CsvError(f"{name}, line {line}: column {j + 1} of the header has no name; name every column.")
-        if columns.index(column) != j:
-            raise CsvError(f"{name}, line {line}: the header names column {column!r} twice; names must be unique.")
+        if column in seen:
+            raise CsvError(
+                f"{name}, line {line}: the header names column {_shown(column)} twice; names must be unique."
+            )
+        seen.add(column)
     if target not in columns:
-        shown = ", ".join(repr(c) for c in columns)
+        shown = ", ".join(_shown(c) for c in columns[:_SHOWN_COLUMNS])
+        if len(columns) > _SHOWN_COLUMNS:
+            shown += f", ... ({len(columns):,} columns)"
         hint = ""
         if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
             hint = " (the file does not seem to be comma-separated; gdjax reads commas only)"
         elif all(_is_number(c) for c in columns):
             hint = " (the first line holds numbers: the file needs a header row naming the columns)"
-        raise CsvError(f"{name} has no column {target!r}; its columns are {shown}{hint}.")
+        raise CsvError(f"{name} has no column {_shown(target)}; its columns are {shown}{hint}.")
     if len(columns) == 1:
-        raise CsvError(f"{name} has only the target column {target!r}; it needs at least one feature column too.")
+        raise CsvError(f"{name} has only the target column {_shown(target)}; it needs at least one feature column too.")
     return columns
 
 
@@ -64,17 +81,17 @@ def _is_number(text: str) -> bool:
 
 
 def _parse_cell(text: str, name: str, line: int, column: str) -> float:
-    where = f"{name}, line {line}, column {column!r}"
+    where = f"{name}, line {line}, column {_shown(column)}"
     if not text.strip():
         raise CsvError(f"{where}: empty cell; every cell must be a number (fill in or drop missing values).")
     try:
         value = float(text)
     except ValueError:
-        raise CsvError(f"{where}: {text.strip()!r} is not a number; every column must be numeric.") from None
-    if not math.isfinite(value):
-        raise CsvError(f"{where}: {text.strip()!r} is not a finite number; clean or drop that row.")
-    if abs(value) > _FLOAT32_MAX:
-        raise CsvError(f"{where}: {text.strip()!r} is too large for float32 (at most about 3.4e38); rescale it.")
+        raise CsvError(f"{where}: {_shown(text)} is not a number; every column must be numeric.") from None
+    if not math.isfinite(value) and text.strip().lower() in _NONFINITE_WORDS:
+        raise CsvError(f"{where}: {_shown(text)} is not a finite number; clean or drop that row.")
+    if not abs(value) <= _FLOAT32_MAX:  # also a number too long for float64, which reads as inf
+        raise CsvError(f"{where}: {_shown(text)} is too large for float32 (at most about 3.4e38); rescale it.")
     return value
 
 
@@ -101,9 +118,9 @@ def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np
     """
     path = Path(path)
     name = str(path)
-    if path.is_dir():
-        raise CsvError(f"{name} is a directory, not a CSV file.")
     try:
+        if path.is_dir():
+            raise CsvError(f"{name} is a directory, not a CSV file.")
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             columns = _read_header(reader, name, target)
@@ -137,7 +154,7 @@ def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np
         if len(bad):
             k = int(bad[0])
             raise CsvError(
-                f"{name}, line {lines[k]}, column {target!r}: {y[k]:g} is not 0 or 1; logistic regression needs "
+                f"{name}, line {lines[k]}, column {_shown(target)}: {y[k]:g} is not 0 or 1; logistic regression needs "
                 f"a 0/1 target ({len(bad)} of the {len(y)} rows {'has' if len(bad) == 1 else 'have'} another value)."
             )
     features = [c for j, c in enumerate(columns) if j != t]

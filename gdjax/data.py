@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gdjax import _checks
 from gdjax.shuffle import permute, round_keys
@@ -140,6 +141,8 @@ class DataIterator:
         return idx.reshape(shape), mask.reshape(shape)
 
     def _lookup(self, key: jax.Array, epoch: jax.Array | int, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if isinstance(epoch, int | np.integer):
+            _check_epoch(epoch)
         n = self.num_examples
         mask = positions < n
         positions = jnp.where(mask, positions, 0)
@@ -189,7 +192,7 @@ class DataIterator:
 
         Args:
           key: PRNG key of the run.
-          epoch: which epoch's order to use.
+          epoch: which epoch's order to use, in ``[0, 2**31)`` (epochs are int32).
           start: the first batch to yield (to resume mid-epoch).
 
         Yields:
@@ -202,7 +205,7 @@ class DataIterator:
           [4, 4, 2]
         """
         key = _checks.check_key(key)
-        epoch = _checks.check_positive_int(epoch, "epoch", low=0)
+        epoch = _check_epoch(epoch)
         start = _checks.check_positive_int(start, "start", low=0, high=self.num_batches)
         idx, mask = _epoch_indices(self, key, epoch)
         for b in range(start, self.num_batches):
@@ -210,6 +213,19 @@ class DataIterator:
 
     def __iter__(self):
         raise TypeError("A DataIterator needs a key to iterate: use it.iterate(jax.random.key(seed), epoch=0).")
+
+
+#: The largest epoch number: epochs are int32 in the compiled programs (and uint32 in the shuffle's key).
+MAX_EPOCH = 2**31 - 1
+
+
+def _check_epoch(epoch: Any) -> int:
+    epoch = _checks.check_positive_int(epoch, "epoch", low=0)
+    if epoch > MAX_EPOCH:
+        raise ValueError(
+            f"epoch must be at most 2**31 - 1 = {MAX_EPOCH} (epochs are int32 in the compiled order); got {epoch}."
+        )
+    return epoch
 
 
 @jax.jit

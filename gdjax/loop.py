@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gdjax import _engine, _setup
-from gdjax.checkpoint import digest
+from gdjax import _engine, _optimizer, _setup
+from gdjax.checkpoint import digest, holding
 from gdjax.data import DataIterator
 from gdjax.progress import ProgressBar
 from gdjax.step import TrainState
@@ -142,9 +142,12 @@ def fit(
       checkpoint: a folder to save the whole run's state in (train state,
         epoch, loss history, settings). Called again with the same
         arguments, ``fit`` resumes from the newest complete checkpoint there
-        and gives bit for bit the result of an uninterrupted run; a folder
-        holding another configuration is refused. Needs the factory form of
-        ``optimizer`` (its values are part of the configuration).
+        and gives bit for bit the result of an uninterrupted run (damaged
+        files are skipped for the one before); a folder holding another
+        configuration (or loss function) is refused, and one run at a time
+        holds a folder (a lock, see :class:`gdjax.checkpoint.FolderLock`).
+        Needs the factory form of ``optimizer`` (its values are part of the
+        configuration).
       checkpoint_every: save every this many epochs (default 1), and at the end.
 
     Returns:
@@ -168,6 +171,7 @@ def fit(
     )
     _setup.check_params(params)
     hp = _setup.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
+    _optimizer.check_traceable(optimizer, params, hp)
     cfg = _setup.config(
         loss_fn,
         optimizer,
@@ -199,16 +203,17 @@ def fit(
     )
     hp_arrays = {k: _setup.float_array(v) for k, v in hp.items()}
     tol_array = jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype)
-    run, compile_time, wall_time, resumed = _engine.execute(
-        cfg,
-        _engine.start,
-        (it, params, hp_arrays),
-        _engine.train,
-        lambda target: (key, jnp.asarray(target, jnp.int32), tol_array),
-        epochs,
-        ProgressBar(epochs, "fit") if progress else None,
-        ckpt,
-    )
+    with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
+        run, compile_time, wall_time, resumed = _engine.execute(
+            cfg,
+            _engine.start,
+            (it, params, hp_arrays),
+            _engine.train,
+            lambda target: (key, jnp.asarray(target, jnp.int32), tol_array),
+            epochs,
+            ProgressBar(epochs, "fit") if progress else None,
+            ckpt,
+        )
     return _result(cfg, it, run, hp, wall_time=wall_time, compile_time=compile_time, resumed_from=resumed)
 
 

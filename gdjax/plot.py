@@ -87,7 +87,7 @@ def losses(
         if log:  # single-sample losses reach down to ~0; keep the view on the averages
             shown = np.concatenate([average[first:], [result.initial_loss], result.epoch_losses])
             shown = shown[np.isfinite(shown) & (shown > 0)]
-            if len(shown):
+            if len(shown) and shown.max() < 1e300:
                 ax.set_ylim(shown.min() / 20, shown.max() * 3)
     else:
         (line,) = ax.plot(steps * scale, raw, lw=1.0, color=color, label=f"{name}: mini-batch loss")

@@ -64,11 +64,27 @@ def _check_optimizer(optimizer: Any) -> None:
         )
 
 
+def accumulation_dtype(dtype: Any) -> Any:
+    """The dtype sums and means of ``dtype`` values are taken in: float32 at least.
+
+    float16 and bfloat16 cannot count past 65504 (or 256 exactly), so a mean
+    over a large data set taken in them is NaN or 0.
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean over the leading (batch) axis of the entries the mask keeps; trailing axes stay."""
-    count = jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1)
-    keep = mask.reshape(mask.shape + (1,) * (values.ndim - 1))
-    return jnp.sum(jnp.where(keep, values, 0), axis=0) / count
+    """Mean over the leading (batch) axis of the entries the mask keeps; trailing axes stay.
+
+    Taken in :func:`accumulation_dtype` as ``sum(values * (mask / count))``:
+    each term is scaled before the sum, so the sum cannot overflow where the
+    mean itself is representable (1e34 per example over 1e5 examples).
+    """
+    acc = accumulation_dtype(values.dtype)
+    count = jnp.maximum(jnp.sum(mask, dtype=jnp.int32), 1).astype(acc)
+    weight = mask.astype(acc) / count
+    weight = weight.reshape(mask.shape + (1,) * (values.ndim - 1))
+    return jnp.sum(jnp.where(weight > 0, values.astype(acc) * weight, 0), axis=0)
 
 
 def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = False) -> Callable:
@@ -91,15 +107,22 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
             )
         return out[0], out[1]
 
+    def call(params: PyTree, x: PyTree) -> Any:
+        try:
+            return loss_fn(params, x)
+        except Exception as exc:  # the error stays the user's; the note says which form gdjax called
+            exc.add_note(f"gdjax called loss_fn with batched={batched}. {BATCHED_FORMS}")
+            raise
+
     def per_example(params: PyTree, example: PyTree) -> tuple[jax.Array, Any]:
-        loss, aux = split(loss_fn(params, example))
+        loss, aux = split(call(params, example))
         check_scalar_loss(loss, has_aux=has_aux)
         return loss, aux
 
     def fn(params: PyTree, batch: Batch) -> tuple[jax.Array, Any]:
         if batched:
-            loss, aux = split(loss_fn(params, batch))
-            check_scalar_loss(loss, has_aux=has_aux)
+            loss, aux = split(call(params, batch))
+            check_scalar_loss(loss, has_aux=has_aux, batched=True)
             return loss, aux
         losses, aux = jax.vmap(per_example, in_axes=(None, 0))(params, batch.data)
         loss = _masked_mean(losses, batch.mask)
@@ -112,7 +135,7 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
     return fn
 
 
-def check_scalar_loss(loss: Any, *, has_aux: bool) -> None:
+def check_scalar_loss(loss: Any, *, has_aux: bool, batched: bool = False) -> None:
     """Raise TypeError unless ``loss`` is a float scalar (works on tracers and shapes)."""
     shape = getattr(loss, "shape", None)
     dtype = getattr(loss, "dtype", None)
@@ -123,7 +146,33 @@ def check_scalar_loss(loss: Any, *, has_aux: bool) -> None:
             if has_aux
             else " If it returns (loss, aux), pass has_aux=True; if it returns one value per example, reduce it."
         )
+        if batched:
+            raise TypeError(
+                f"loss_fn must return a float scalar (the mean loss of the batch, with batched=True); it returned "
+                f"{got}.{hint} {BATCHED_FORMS}"
+            )
         raise TypeError(f"loss_fn must return a float scalar (the loss of one example); it returned {got}.{hint}")
+
+
+#: The two forms of loss function, for error messages.
+BATCHED_FORMS = (
+    "By default loss_fn(params, example) is the loss of one example and gdjax averages it over the batch; "
+    "with batched=True, loss_fn(params, batch) takes a whole gd.Batch (batch.data with a leading axis of "
+    "examples) and returns its mean loss, weighting by batch.mask itself."
+)
+
+
+def check_trainable(params: PyTree, name: str = "state.params") -> None:
+    """Raise TypeError unless every leaf of ``params`` is a float array (works on tracers and shapes)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            got = dtype if dtype is not None else type(leaf).__name__
+            raise TypeError(
+                f"{name}{jax.tree_util.keystr(path)} has dtype {got}, which has no gradient; "
+                f"make it a float array with jnp.asarray(x, jnp.float32), or hold integer leaves that are not "
+                f"trained outside params."
+            )
 
 
 def make_step(
@@ -162,9 +211,12 @@ def make_step(
       2
     """
     _check_optimizer(optimizer)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
     objective = batch_loss(loss_fn, has_aux=has_aux, batched=batched)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
+        check_trainable(state.params)
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         # a hyperparameter of another float dtype (a traced float64 learning rate with float32 params, say)

@@ -22,8 +22,9 @@ Contract:
 from __future__ import annotations
 
 import functools
+import inspect
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -33,8 +34,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _checks, _engine, _members, _setup
-from gdjax.checkpoint import digest
+from gdjax import _checks, _engine, _members, _optimizer, _setup
+from gdjax.checkpoint import digest, holding
 from gdjax.data import DataIterator
 from gdjax.progress import ProgressBar
 from gdjax.sweep_result import SweepResult
@@ -94,10 +95,37 @@ def _train_program(static: _Static, it, runs, hparams, keys, epochs, tol):
 def _devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
     if devices is None:
         return list(jax.devices())
+    if isinstance(devices, jax.Device):
+        raise TypeError(f"devices must be a sequence of devices; got the single device {devices}. Pass devices=[d].")
+    if isinstance(devices, str | bytes) or not isinstance(devices, Iterable):
+        devices = [devices]  # refused below, with the sentence for every other wrong value
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise TypeError("devices must be a non-empty sequence of jax.Device, such as jax.devices(); or None for all.")
+    seen = set()
+    for d in devices:
+        if d in seen:
+            raise ValueError(
+                f"devices lists {d} more than once; give each device once, e.g. devices=jax.devices()[:2]."
+            )
+        seen.add(d)
     return devices
+
+
+def _check_init(init: Callable) -> None:
+    """Fail now if the init function cannot be called as ``init(key)``."""
+    try:
+        signature = inspect.signature(init)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        raise TypeError(
+            f"params must be the parameters or an init function called as params(key) with one PRNG key; "
+            f"{getattr(init, '__name__', repr(init))} cannot take one argument ({exc}); define it as "
+            f"def init(key): ... ."
+        ) from None
 
 
 def sweep(
@@ -158,8 +186,9 @@ def sweep(
       progress: show one progress bar for the whole sweep on standard error
         (see :mod:`gdjax.progress`); the results are the same.
       checkpoint: a folder to save the sweep's state in, as for
-        :func:`gdjax.fit` (one file series per chunk of members); called
-        again with the same arguments, the sweep resumes from it.
+        :func:`gdjax.fit` (one file series per chunk of members, one lock
+        for the whole sweep); called again with the same arguments, the sweep
+        resumes from it (``SweepResult.resumed_from`` says where).
       checkpoint_every: save every this many epochs (default 1), and at the end.
 
     Returns:
@@ -187,9 +216,12 @@ def sweep(
         loss_fn, params, optimizer_fn, data, epochs, key, tol, log_every, progress
     )
     table = _members.members(learning_rates, hyperparams, grid=grid, seeds=seeds)
+    _optimizer.check_keywords(optimizer_fn, table.hyperparams, learning_rate="learning_rates")
     if chunk_size is not None:
         chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", low=1)
     devs = _devices(devices)
+    if callable(params):
+        _check_init(params)
     m = table.count
 
     # chunks, padded to a multiple of the device count
@@ -214,6 +246,7 @@ def sweep(
     if params_batched:
         start = jax.tree.map(lambda x: x[0], first_params)
     _setup.check_params(start, "params(key)" if callable(params) else "params")
+    _optimizer.check_traceable(optimizer_fn, start, table.hyperparams)
     cfg = _setup.config(
         loss_fn,
         optimizer_fn,
@@ -223,6 +256,7 @@ def sweep(
         log_every=log_every,
         has_aux=has_aux,
         batched=batched,
+        members=size,
     )
 
     mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
@@ -256,40 +290,55 @@ def sweep(
     whole = NamedSharding(mesh, P()) if mesh is not None else devs[0]
     tol_array = jax.device_put(jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype), whole)
 
-    compile_time, wall_time, outs = 0.0, 0.0, []
-    for n_chunk, (lo, rows) in enumerate(zip(chunks, chunk_rows, strict=True)):
-        initial = start  # shared by every member, or each seed's own for this chunk's members:
-        if params_batched:
-            initial = first_params if n_chunk == 0 else chunk_params(rows)
-        args = [
-            it,
-            initial,
-            {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
-            member_keys[rows] if keys_batched else member_keys,
-        ]
-        args = _place(args, mesh, devs[0], params_batched, keys_batched)
-        it_c, params_c, hp_c, keys_c = args
-        desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
-        out, seconds, run_seconds, _ = _engine.execute(
-            static,
-            _start_program,
-            (it_c, params_c, hp_c),
-            _train_program,
-            lambda target, keys_c=keys_c: (keys_c, jax.device_put(jnp.asarray(target, jnp.int32), whole), tol_array),
-            epochs,
-            ProgressBar(epochs, desc, members=min(size, m - lo)) if progress else None,
-            ckpts[n_chunk],
-        )
-        compile_time += seconds
-        wall_time += run_seconds
-        outs.append((out, min(size, m - lo)))
+    compile_time, wall_time, outs, resumed_from = 0.0, 0.0, [], []
+    with holding(ckpts):  # one lock on the folder for every chunk, until sweep returns or raises
+        for n_chunk, (lo, rows) in enumerate(zip(chunks, chunk_rows, strict=True)):
+            initial = start  # shared by every member, or each seed's own for this chunk's members:
+            if params_batched:
+                initial = first_params if n_chunk == 0 else chunk_params(rows)
+            args = [
+                it,
+                initial,
+                {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
+                member_keys[rows] if keys_batched else member_keys,
+            ]
+            args = _place(args, mesh, devs[0], params_batched, keys_batched)
+            it_c, params_c, hp_c, keys_c = args
+            desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
+            out, seconds, run_seconds, resumed = _engine.execute(
+                static,
+                _start_program,
+                (it_c, params_c, hp_c),
+                _train_program,
+                lambda target, keys_c=keys_c: (
+                    keys_c,
+                    jax.device_put(jnp.asarray(target, jnp.int32), whole),
+                    tol_array,
+                ),
+                epochs,
+                ProgressBar(epochs, desc, members=min(size, m - lo)) if progress else None,
+                ckpts[n_chunk],
+            )
+            compile_time += seconds
+            wall_time += run_seconds
+            outs.append((out, min(size, m - lo)))
+            resumed_from += [resumed] * min(size, m - lo)
     if len(outs) == 1 and size == m:
         run = outs[0][0]  # device arrays, split over the devices as computed
     else:  # trim the padding and join the chunks on the host: no small programs to compile
-        host = [jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out) for out, n in outs]
+        host = [_engine.pad_history(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out), outs) for out, n in outs]
         run = jax.tree.map(lambda *xs: np.concatenate(xs), *host)
         run = run._replace(train=run.train._replace(params=jax.device_put(run.train.params)))
-    return SweepResult.from_run(cfg, it, run, table, wall_time=wall_time, compile_time=compile_time, devices=len(devs))
+    return SweepResult.from_run(
+        cfg,
+        it,
+        run,
+        table,
+        wall_time=wall_time,
+        compile_time=compile_time,
+        devices=len(devs),
+        resumed_from=np.asarray(resumed_from, np.int64),
+    )
 
 
 def _wrap(key_data: np.ndarray, like: jax.Array) -> jax.Array:

@@ -43,6 +43,10 @@ class SweepResult:
       wall_time: seconds the compiled runs took (compilation excluded).
       compile_time: seconds spent compiling (about 0 when cached).
       devices: devices the members were split over.
+      resumed_from: ``(M,)`` the epoch a checkpoint resumed each member from
+        (0: from the start). Each chunk of members (``chunk_size``) has its own
+        checkpoints, so members of one chunk share a value; members of a chunk
+        that had finished when the sweep was stopped show the final epoch.
     """
 
     hyperparams: dict[str, np.ndarray]
@@ -64,6 +68,7 @@ class SweepResult:
     wall_time: float
     compile_time: float
     devices: int = 1
+    resumed_from: np.ndarray | None = None
 
     @classmethod
     def from_run(
@@ -72,6 +77,7 @@ class SweepResult:
         """Build the result from the stacked run states of every member."""
         host = jax.device_get(run._replace(train=run.train.step))
         num_epochs = host.epoch.astype(np.int64)
+        extra.setdefault("resumed_from", np.zeros(len(num_epochs), np.int64))
         steps = it.num_batches
         positions = [
             _engine.stop_position(int(e), int(d), steps) for e, d in zip(num_epochs, host.diverged_at, strict=True)
@@ -186,7 +192,10 @@ class SweepResult:
 
         Status: ``converged`` (reached ``tol``), ``diverged`` (a non-finite loss
         or parameters), ``worse`` (ended above its initial loss: unstable but
-        not yet overflowed) or ``ran``; ``*`` marks the best member.
+        not yet overflowed) or ``ran``; ``*`` marks the best member. When every
+        member diverged, the last line says whether the loss was already
+        non-finite before any step (the data overflows: rescale it) or the
+        learning rates were too large.
         """
         names = list(self.hyperparams) + (["seed"] if self.seeds is not None else [])
         head = "".join(f"{n:>15}" for n in names) + f"{'final loss':>14}{'epochs':>8}{'status':>11}"
@@ -221,7 +230,20 @@ class SweepResult:
         if self.num_members > max_rows:
             lines.append(f"({self.num_members - len(shown)} more members not shown)")
         best = self.best_hyperparams
-        if best is None:
+        overflowed = ~np.isfinite(np.asarray(self.initial_loss))  # non-finite before any step: not the learning rate
+        if best is None and self.num_members and overflowed.all():
+            lines.append(
+                "every member diverged, but the loss is already non-finite at the initial parameters, before any "
+                "step: the data or the loss overflows, whatever the learning rate. Rescale the data (--standardize "
+                "on the command line, or divide the large columns) instead of lowering the learning rate."
+            )
+        elif best is None and overflowed.any():
+            lines.append(
+                f"every member diverged; {int(overflowed.sum())} of {self.num_members} already had a non-finite loss "
+                "at their initial parameters (the data or the loss overflows: rescale the data, e.g. --standardize); "
+                "for the others, try smaller learning rates."
+            )
+        elif best is None:
             lines.append("every member diverged: try smaller learning rates.")
         else:
             shown_best = ", ".join(f"{k}={v:.6g}" for k, v in best.items())

@@ -9,15 +9,22 @@ would spend most of its time importing JAX.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import errno
+import io
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import jax
 import numpy as np
+import optax
 import pytest
 
+import gdjax as gd
 from gdjax import __version__, cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -48,10 +55,40 @@ def linear_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write(tmp_path_factory.mktemp("data") / "data.csv", ["x1", "x2", "x3", "y"], np.column_stack([x, y]))
 
 
+class TrainedError(Exception):
+    """Raised by a stand-in for ``gd.sweep``: the command got as far as training."""
+
+
+def _train(*args, **kwargs):
+    raise TrainedError
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make reaching the training an error the test sees (the command must refuse before it)."""
+    monkeypatch.setattr(cli.gd, "sweep", _train)
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses the non-standard ``NaN``, ``Infinity`` and ``-Infinity``."""
+
+    def refuse(name: str):
+        raise ValueError(f"summary.json holds {name}, which is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _one_error_line(captured) -> str:
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gdjax: error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
 def _is_png(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_SIGNATURE
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(linear_csv: Path, tmp_path: Path) -> None:
     args = ["sweep", str(linear_csv), "--target", "y", "--num-lrs", "12", "--lr-max", "10", "--epochs", "20"]
     proc = _run([*args, "--no-progress", "--out", "out"], tmp_path)
@@ -113,6 +150,7 @@ def test_sweep_logistic_standardized_in_process(tmp_path: Path, monkeypatch, cap
     assert summary["settings"]["batch_size"] == "full" and summary["settings"]["steps_per_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_sweep_mlp_in_process(linear_csv: Path, tmp_path: Path, capsys) -> None:
     args = ["sweep", str(linear_csv), "--target", "y", "--model", "mlp", "--hidden", "8", "--optimizer", "momentum"]
     assert cli.main([*args, "--num-lrs", "3", "--epochs", "2", "--no-progress", "--out", str(tmp_path)]) == 0
@@ -121,6 +159,7 @@ def test_sweep_mlp_in_process(linear_csv: Path, tmp_path: Path, capsys) -> None:
     assert summary["settings"]["hidden"] == 8 and "weights" not in (summary["best"] or {})
 
 
+@pytest.mark.slow
 def test_demo(tmp_path: Path) -> None:
     proc = _run(["demo", "--out", "figs", "--no-progress"], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -188,6 +227,11 @@ BAD_INPUTS = [
     ("inf", "a,b,y\n1,2,3\n4,5,-inf\n", [], ["line 3", "column 'y'", "'-inf'", "finite"]),
     ("float32-overflow", "a,b,y\n1,1e39,3\n", [], ["line 2", "column 'b'", "float32"]),
     ("duplicate-column", "a,a,y\n1,2,3\n", [], ["'a' twice"]),
+    ("duplicate-target", "y,a,y\n1,2,3\n", [], ["'y' twice"]),
+    ("only-nan-like", "a,b,y\nnan,NaN,inf\n", [], ["line 2", "column 'a'", "'nan'", "finite"]),
+    ("huge-cell", "a,b,y\n1,2," + "9" * 100_000 + "\n", [], ["line 2", "column 'y'", "100,000 characters", "float32"]),
+    ("huge-field", "a,b,y\n1,2," + "9" * 200_000 + "\n", [], ["not valid CSV", "field"]),
+    ("huge-header", ",".join(f"c{i}" for i in range(100_000)) + "\n", [], ["no column 'y'", "100,000 columns"]),
     ("unnamed-column", "a,,y\n1,2,3\n", [], ["column 2", "no name"]),
     ("only-target", "y\n1\n2\n", [], ["only the target column 'y'", "feature"]),
     ("logistic-non-binary", "a,b,y\n1,2,0\n\n3,4,2\n", ["--model", "logistic"], ["line 4", "column 'y'", "0 or 1"]),
@@ -197,7 +241,13 @@ BAD_INPUTS = [
     ("lr-max-nan", GOOD, ["--lr-max", "nan"], ["--lr-max", "positive"]),
     ("lr-min-above-max", GOOD, ["--lr-min", "1", "--lr-max", "0.1"], ["--lr-min (1)", "--lr-max (0.1)"]),
     ("lr-min-equals-max", GOOD, ["--lr-min", "0.1", "--lr-max", "0.1"], ["smaller than --lr-max"]),
+    ("lr-below-float32", GOOD, ["--lr-min", "1e-300", "--lr-max", "1e-299"], ["--lr-min 1e-300", "1.175e-38"]),
+    ("lr-above-float32", GOOD, ["--lr-max", "1e39"], ["--lr-max 1e+39", "float32", "3.403e+38"]),
+    ("lrs-equal-in-float32", GOOD, ["--lr-min", "1", "--lr-max", "1.00000001"], ["same number in float32"]),
     ("epochs", GOOD, ["--epochs", "0"], ["--epochs", "at least 1"]),
+    ("epochs-past-int32-steps", GOOD, ["--epochs", "3000000000"], ["--epochs 3000000000", "2**31", "2,147,483,647"]),
+    ("num-lrs-past-any-memory", GOOD, ["--num-lrs", str(10**15)], ["--num-lrs", "GiB", "chunk_size"]),
+    ("hidden-past-any-memory", GOOD, ["--model", "mlp", "--hidden", str(10**12)], ["even one", "--hidden", "GiB"]),
     ("batch-size-zero", GOOD, ["--batch-size", "0"], ["--batch-size", "at least 1"]),
     ("batch-size-above-rows", GOOD, ["--batch-size", "4"], ["--batch-size 4", "3 rows", "'full'"]),
     ("hidden", GOOD, ["--model", "mlp", "--hidden", "0"], ["--hidden", "at least 1"]),
@@ -209,6 +259,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("contents", "extra", "details"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input(contents: str | None, extra: list[str], details: list[str], tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    _no_training(monkeypatch)
     if contents == "DIR":
         (tmp_path / "data.csv").mkdir()
     elif contents is not None:
@@ -217,12 +268,153 @@ def test_bad_input(contents: str | None, extra: list[str], details: list[str], t
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gdjax: error: "), captured.err
+    line = _one_error_line(captured)
     for detail in details:
-        assert detail in lines[0]
-    assert "Traceback" not in captured.err
+        assert detail in line
+    assert len(line) < 1000  # a huge cell or header is cut short, not echoed whole
     assert not (tmp_path / "gdjax-sweep").exists()  # nothing written on bad input
+
+
+def _mkdir(*parts: str):
+    return lambda root: (root.joinpath(*parts)).mkdir(parents=True)
+
+
+def _fifo(root: Path) -> None:
+    (root / "out").mkdir()
+    os.mkfifo(root / "out" / "summary.json")  # writing would block until a reader came
+
+
+LONG = "x" * 5000  # longer than any file name may be (ENAMETOOLONG)
+
+# (id, set-up of the folder or None, data file, extra arguments, details the message must contain)
+BAD_OUTPUTS = [
+    ("results-csv-is-a-folder", _mkdir("out", "results.csv"), "data.csv", ["--out", "out"],
+     [f"{Path('out', 'results.csv')} is a folder"]),
+    ("sweep-png-is-a-folder", _mkdir("out", "sweep.png"), "data.csv", ["--out", "out"],
+     [f"{Path('out', 'sweep.png')} is a folder"]),
+    ("output-is-a-fifo", _fifo, "data.csv", ["--out", "out"], ["summary.json exists and is not a regular file"]),
+    ("out-under-a-file", None, "data.csv", ["--out", "data.csv/sub"], ["cannot create the output folder", "directory"]),
+    ("out-not-writable", None, "data.csv", ["--out", "/proc/self"], ["/proc/self is not writable"]),
+    ("out-empty", None, "data.csv", ["--out", ""], ["--out is empty"]),
+    ("out-name-too-long", None, "data.csv", ["--out", LONG], ["cannot use --out", "too long"]),
+    ("data-name-too-long", None, LONG, [], ["cannot read", "too long"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setup", "data", "extra", "details"), [c[1:] for c in BAD_OUTPUTS], ids=[c[0] for c in BAD_OUTPUTS]
+)
+def test_bad_output_refused_before_training(setup, data, extra, details, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _no_training(monkeypatch)
+    (tmp_path / "data.csv").write_text(GOOD)
+    if setup is not None:
+        setup(tmp_path)
+    assert cli.main(["sweep", data, "--target", "y", "--no-progress", *extra]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured)
+    for detail in details:
+        assert detail in line
+    assert captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data.csv", *(["out"] if setup else [])])
+    if (tmp_path / "out").is_dir():
+        assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".gdjax")]  # no probe left behind
+
+
+@pytest.mark.parametrize("how", ["inside-out", "symlink", "hardlink"])
+@pytest.mark.parametrize("name", ["results.csv", "summary.json", "sweep.png", "curves.png"])
+def test_never_overwrites_its_input(name: str, how: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    _no_training(monkeypatch)
+    (tmp_path / "d").mkdir()
+    if how == "inside-out":  # gdjax sweep d/results.csv --out d
+        data = Path("d", name)
+        data.write_text(GOOD)
+    else:  # d/<name> is another name of the data file
+        data = Path("data.csv")
+        data.write_text(GOOD)
+        (os.symlink if how == "symlink" else os.link)(tmp_path / data, tmp_path / "d" / name)
+    assert cli.main(["sweep", str(data), "--target", "y", "--no-progress", "--out", "d"]) == 2
+    line = _one_error_line(capsys.readouterr())
+    assert f"would overwrite the input {data} with {name}" in line
+    assert data.read_text() == GOOD
+
+
+def test_write_failure_after_training_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A failure no check can foresee (here sweep.png becomes a folder during training) is still one line."""
+    monkeypatch.chdir(tmp_path)
+    Path("data.csv").write_text(GOOD)
+    real = cli.gd.sweep
+
+    def sweep_then_block(*args, **kwargs):
+        result = real(*args, **kwargs)
+        Path("out", "sweep.png").mkdir()
+        return result
+
+    monkeypatch.setattr(cli.gd, "sweep", sweep_then_block)
+    args = ["sweep", "data.csv", "--target", "y", "--num-lrs", "2", "--epochs", "1", "--no-progress", "--out", "out"]
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured)
+    assert f"cannot write {Path('out', 'sweep.png')}" in line and "Is a directory" in line
+    assert f"wrote {Path('out', 'summary.json')}" in captured.out and "curves.png" not in captured.out
+
+
+def test_demo_checks_its_folder_first_and_reports_a_full_disk(tmp_path: Path, monkeypatch, capsys) -> None:
+    import gdjax.demo
+
+    monkeypatch.setattr(gdjax.demo, "run_demo", _train)
+    assert cli.main(["demo", "--out", "/proc/self", "--no-progress"]) == 2
+    assert "/proc/self is not writable" in _one_error_line(capsys.readouterr())
+
+    # a full disk cannot be made for real: stand in for the demo and its writer
+    fake = types.SimpleNamespace(problem=types.SimpleNamespace(data={"x": np.zeros((4, 2))}), variants=[], sweep=None)
+    monkeypatch.setattr(gdjax.demo, "run_demo", lambda **kwargs: fake)
+    monkeypatch.setattr(gdjax.demo, "format_table", lambda *args: "table")
+
+    def full_disk(demo, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "compare_step.png"))
+
+    monkeypatch.setattr(gdjax.demo, "write_figures", full_disk)
+    assert cli.main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr())
+    assert line == f"gdjax: error: cannot write {tmp_path / 'compare_step.png'}: No space left on device."
+
+
+@pytest.mark.parametrize(
+    ("extra", "flags"),
+    [
+        (["--num-lrs", "10000000"], ["lower --num-lrs", "chunk_size"]),
+        (["--model", "mlp", "--hidden", "10000000"], ["lower --num-lrs or --hidden", "at most 8 learning rates"]),
+        (["--epochs", "100000000"], ["lower --num-lrs or --epochs"]),
+        (["--epochs", "1000000000"], ["even one learning rate", "lower --epochs"]),
+    ],
+    ids=["num-lrs", "hidden", "epochs", "epochs-one-member"],
+)
+def test_memory_estimate_refuses_sweeps_that_do_not_fit(extra, flags, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    _no_training(monkeypatch)
+    monkeypatch.setattr(cli, "_memory_limit", lambda: (8 * 2**30, "a test's limit"))  # a 16 GiB machine
+    Path("data.csv").write_text(GOOD)
+    assert cli.main(["sweep", "data.csv", "--target", "y", "--no-progress", *extra]) == 2
+    line = _one_error_line(capsys.readouterr())
+    assert "of memory" in line and "more than the limit of 8.0 GiB (a test's limit)" in line
+    for flag in flags:
+        assert flag in line
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_memory_estimate_lets_ordinary_sweeps_run(model: str, linear_csv: Path, monkeypatch) -> None:
+    _no_training(monkeypatch)
+    monkeypatch.setattr(cli, "_memory_limit", lambda: (64 * 2**20, "a test's limit"))
+    with pytest.raises(TrainedError):  # the defaults (32 learning rates, 50 epochs, 32 hidden units) fit in 64 MiB
+        cli.main(["sweep", str(linear_csv), "--target", "y", "--model", model, "--optimizer", "adam", "--no-progress"])
+
+
+def test_memory_limit_is_half_the_machine() -> None:
+    limit, where = cli._memory_limit()
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < limit <= physical // 2 and where
 
 
 @pytest.mark.parametrize(
@@ -259,3 +451,82 @@ def test_bad_input_exit_code_in_subprocess(linear_csv: Path, tmp_path: Path) -> 
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == f"gdjax: error: {linear_csv} has no column 'price'; its columns are 'x1', 'x2', 'x3', 'y'.\n"
+
+
+def test_json_ready_turns_non_finite_numbers_into_flagged_nulls() -> None:
+    raw = {"a": float("inf"), "b": {"c": float("nan"), "d": 1.5}, "e": [1.0, float("-inf"), float("nan")], "f": "x"}
+    ready = cli._json_ready(raw)
+    assert ready == {
+        "a": None,
+        "a_nonfinite": "inf",
+        "b": {"c": None, "c_nonfinite": "nan", "d": 1.5},  # flagged beside the value, not again above it
+        "e": [1.0, None, None],
+        "e_nonfinite": "-inf, nan",
+        "f": "x",
+    }
+    json.dumps(ready, allow_nan=False)
+
+
+def test_sweep_of_overflowing_data(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Values of 1e30 square to inf: every member diverges, but smaller learning rates would not help."""
+    monkeypatch.chdir(tmp_path)
+    Path("big.csv").write_text("a,b,y\n1e30,2e30,3e30\n4e30,5,6e30\n7,8e30,9\n")
+    args = ["sweep", "big.csv", "--target", "y", "--num-lrs", "3", "--epochs", "2", "--no-progress", "--out", "out"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "non-finite at the initial parameters" in out and "--standardize" in out
+    assert "try smaller learning rates" not in out
+    summary = _strict_json(Path("out", "summary.json").read_text())
+    assert summary["initial_loss"] is None and summary["initial_loss_nonfinite"] == "inf"
+    assert summary["best"] is None and summary["num_diverged"] == 3
+
+
+def test_summary_when_only_some_members_start_overflowed() -> None:
+    prob = gd.problems.linear_regression(n=32, d=2, key=jax.random.key(0))
+    m = gd.models.linear()
+    sw = gd.sweep(
+        m.loss, m.init(None, 2), optax.sgd, gd.full_batch(prob.data), learning_rates=[0.1, 0.2, 0.3], epochs=1,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    diverged = dataclasses.replace(sw, diverged=np.ones(3, bool))
+    assert diverged.summary().endswith("every member diverged: try smaller learning rates.")
+    some = dataclasses.replace(diverged, initial_loss=np.array([np.inf, 1.0, 1.0], np.float32))
+    assert "1 of 3 already had a non-finite loss" in some.summary().splitlines()[-1]
+    every = dataclasses.replace(diverged, initial_loss=np.full(3, np.nan, np.float32))
+    assert "the data or the loss overflows" in every.summary().splitlines()[-1]
+    assert "smaller learning rates" not in every.summary()
+
+
+def _cp1252() -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(), encoding="cp1252")  # errors="strict", as a Windows console
+
+
+def test_unencodable_names_on_a_cp1252_terminal(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("omega.csv").write_text("a,b,\u03a9\n1,2,3\n4,5,6\n7,8,9\n", encoding="utf-8")
+    stdout, stderr = _cp1252(), _cp1252()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    args = ["sweep", "omega.csv", "--num-lrs", "2", "--epochs", "1", "--no-progress", "--out", "out"]
+    assert cli.main([*args, "--target", "\u03a9"]) == 0
+    assert cli.main([*args, "--target", "\u03a9\u03a9"]) == 2
+    stdout.flush()
+    stderr.flush()
+    assert b"of '\\u03a9' on 2 features" in stdout.buffer.getvalue()
+    assert b"wrote out" in stdout.buffer.getvalue()
+    err = stderr.buffer.getvalue().decode("cp1252")
+    assert err == "gdjax: error: omega.csv has no column '\\u03a9\\u03a9'; its columns are 'a', 'b', '\\u03a9'.\n"
+    assert stdout.errors == "strict" and stderr.errors == "strict"  # put back as they were
+
+
+def test_unencodable_names_in_a_subprocess(tmp_path: Path) -> None:
+    """The real standard output of a cp1252 console (standard error escapes on its own)."""
+    Path(tmp_path, "omega.csv").write_text("a,b,\u03a9\n1,2,3\n4,5,6\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252", "MPLBACKEND": "Agg"}
+    args = ["sweep", "omega.csv", "--target", "\u03a9", "--num-lrs", "2", "--epochs", "1", "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gdjax", *args], cwd=tmp_path, env=env, capture_output=True, timeout=300
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode("cp1252")
+    assert b"regression of '\\u03a9' on 2 features" in proc.stdout
+    assert b"wrote " in proc.stdout and proc.stderr == b""

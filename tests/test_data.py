@@ -138,9 +138,58 @@ def test_pytree_data_of_tuples_and_jax_arrays():
     assert isinstance(batch.data, tuple) and batch.data[0].shape == (4, 2) and batch.data[1].shape == (4,)
 
 
-def test_data_placed_on_device_once():
-    it = gd.minibatch(_data(20), 4)
-    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(it.data))
+def test_data_placed_on_device_once(capfd):
+    """minibatch puts the data on the device; iterate and fit use those buffers and never send the data again."""
+    import optax
+
+    model, key = gd.models.linear(), jax.random.key(0)
+    fit = lambda it: gd.fit(model.loss, model.init(None, 5), optax.sgd, it, epochs=1, key=key, learning_rate=0.1)  # noqa: E731
+
+    def data(extra):  # the loss reads x and y; extra leaves only ride along
+        return {"x": np.ones((24, 5), np.float32), "y": np.zeros(24, np.float32)} | {
+            f"z{i}": np.zeros((24, 3), np.float32) for i in range(extra)
+        }
+
+    def transfers(it, *, with_fit=True):
+        """Host-to-device transfers of one iterate (and one fit), compiled already, counted from JAX's log."""
+        capfd.readouterr()
+        with jax.transfer_guard_host_to_device("log"):
+            list(it.iterate(key, 1))
+            if with_fit:
+                fit(it)
+        return capfd.readouterr().err.count("host-to-device transfer")
+
+    placed = {extra: gd.minibatch(data(extra), 8) for extra in (0, 4)}
+    on_host = {extra: gd.DataIterator(data(extra), *placed[extra].spec) for extra in (0, 4)}  # sent at every call
+    for it in placed.values():
+        fit(it)  # compile first: only the runs below are counted
+    for it in [*placed.values(), *on_host.values()]:
+        list(it.iterate(key))
+    it = placed[0]
+    leaves = jax.tree.leaves(it.data)
+    assert all(isinstance(leaf, jax.Array) and leaf.devices() == {jax.devices()[0]} for leaf in leaves)
+    pointers = [leaf.unsafe_buffer_pointer() for leaf in leaves]
+    # the scalars (epoch, learning rate...) are sent either way, the data leaves only when they live on the host
+    assert transfers(placed[0]) == transfers(placed[4]) > 0
+    host = [transfers(on_host[extra], with_fit=False) for extra in (0, 4)]
+    assert host[1] > host[0] > transfers(placed[0], with_fit=False)
+    assert [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(it.data)] == pointers
+    batch = next(it.iterate(key))
+    assert all(leaf.devices() == {jax.devices()[0]} for leaf in jax.tree.leaves(batch))
+
+
+def test_epoch_beyond_int32_is_refused(compiles):
+    it = gd.minibatch(_data(10), 4)
+    key = jax.random.key(0)
+    for epoch in (2**31, 2**40):
+        with compiles() as c, pytest.raises(ValueError, match=r"epoch must be at most 2\*\*31 - 1 = 2147483647.*int32"):
+            next(it.iterate(key, epoch=epoch))
+        assert c.count == 0
+        with pytest.raises(ValueError, match=r"epoch must be at most 2\*\*31 - 1"):
+            it.epoch_indices(key, epoch)
+    last = list(it.iterate(key, epoch=2**31 - 1))  # the largest epoch works, and is a permutation
+    ids = np.concatenate([np.asarray(b.data["id"])[np.asarray(b.mask)] for b in last])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(10))
 
 
 # ----- bad input -------------------------------------------------------------

@@ -216,19 +216,26 @@ def test_divergence_in_fit_keeps_last_finite_params():
 
 def test_result_records_time_and_examples():
     prob = _problem(n=100)
+
+    def loss(p, ex):
+        return MODEL.loss(p, ex)
+
+    params, it = MODEL.init(jax.random.key(0), 6), gd.minibatch(prob.data, 16, drop_remainder=True)
     res = gd.fit(
-        MODEL.loss,
-        MODEL.init(jax.random.key(0), 6),
+        loss,
+        params,
         optax.sgd,
-        gd.minibatch(prob.data, 16, drop_remainder=True),
+        it,
         epochs=3,
         key=jax.random.key(0),
         learning_rate=0.05,
     )
     assert res.examples_seen == 3 * 96 and res.steps_per_epoch == 6 and res.batch_size == 16
-    assert res.wall_time > 0 and res.compile_time >= 0
+    assert res.wall_time > 0 and res.compile_time > 0  # a loss function of its own: compiled here
     assert res.hyperparams == {"learning_rate": 0.05}
     assert res.initial_loss > res.final_loss
+    again = gd.fit(loss, params, optax.sgd, it, epochs=3, key=jax.random.key(1), learning_rate=0.1)
+    assert again.compile_time == 0.0 and again.wall_time > 0  # the cached program
 
 
 def test_runs_under_strict_dtype_promotion(strict_dtypes):
@@ -252,6 +259,17 @@ def test_runs_under_strict_dtype_promotion(strict_dtypes):
 PROB = _problem(n=64)
 IT = gd.minibatch(PROB.data, 8)
 P0 = MODEL.init(jax.random.key(0), 6)
+
+
+def _warmup_cosine(learning_rate):
+    """A schedule built on the traced peak: optax branches on it in Python."""
+    return optax.sgd(optax.warmup_cosine_decay_schedule(0.0, learning_rate, 5, 40))
+
+
+def _per_batch_loss(p, batch):
+    """A loss written for batched=True."""
+    per = jax.vmap(MODEL.loss, (None, 0))(p, batch.data)
+    return jnp.sum(jnp.where(batch.mask, per, 0)) / jnp.sum(batch.mask)
 
 
 @pytest.mark.parametrize(
@@ -288,6 +306,41 @@ P0 = MODEL.init(jax.random.key(0), 6)
         ({"loss_fn": lambda p, ex: (MODEL.loss(p, ex), 1.0)}, TypeError, "pass has_aux=True"),
         ({"loss_fn": lambda p, ex: jnp.int32(1)}, TypeError, "loss_fn must return a float scalar"),
         ({"loss_fn": None}, TypeError, "loss_fn must be callable"),
+        ({"hyperparams": "momentum"}, TypeError, r"hyperparams must be a dict .*\{'momentum': 0.9\}; got str"),
+        (
+            {"hyperparams": {"momentum": 0.9, "nesterov": 1.0}},
+            TypeError,
+            r"sgd cannot take hyperparameter 'nesterov' as a traced number.*functools.partial\(optax.sgd, nesterov=",
+        ),
+        (
+            {"optimizer": optax.adam, "hyperparams": {"mu_dtype": jnp.bfloat16}},
+            TypeError,
+            r"mu_dtype must be a number.*only numeric.*functools.partial\(factory, mu_dtype=\.\.\.\)",
+        ),
+        ({"hyperparams": {"nesterov": True}}, TypeError, "nesterov must be a number.*got bool True"),
+        ({"hyperparams": {"momentum": "0.9"}}, TypeError, "momentum must be a number.*got str '0.9'"),
+        ({"learning_rate": "0.1"}, TypeError, "learning_rate must be a number or array of numbers"),
+        (
+            {"optimizer": _warmup_cosine},
+            TypeError,
+            r"_warmup_cosine cannot take hyperparameter 'learning_rate'.*schedule.*peak 1.*learning_rate \* unit",
+        ),
+        (
+            {"optimizer": lambda learning_rate: learning_rate},
+            TypeError,
+            "must return an optax GradientTransformation; it returned an array",
+        ),
+        ({"batched": True}, TypeError, r"failed with batched=True.*loss_fn\(params, example\).*drop batched=True"),
+        (
+            {"batched": True, "loss_fn": lambda p, b: jax.vmap(MODEL.loss, (None, 0))(p, b.data)},
+            TypeError,
+            r"mean loss of the batch, with batched=True.*shape \(8,\).*batch.mask",
+        ),
+        ({"loss_fn": _per_batch_loss}, TypeError, r"loss_fn\(params, example\) failed.*pass batched=True"),
+        ({"batched": 1}, TypeError, "batched must be True or False; got int 1"),
+        ({"has_aux": "yes"}, TypeError, "has_aux must be True or False"),
+        ({"params": lambda key: P0}, TypeError, r"params is a function, not parameters.*params=init\("),
+        ({"key": jnp.zeros(2, jnp.int32)}, TypeError, r"key must be a single JAX PRNG key.*got int32 array"),
     ],
 )
 def test_bad_arguments_are_explained_before_compiling(change, error, match, compiles):
@@ -357,3 +410,17 @@ def test_same_key_bit_identical_in_two_fresh_processes():
     ]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
     assert runs[0].stdout.strip() == runs[1].stdout.strip() and len(runs[0].stdout.strip()) == 64
+
+
+def test_optimizer_failing_on_traced_params_is_not_blamed_on_its_hyperparameters(compiles):
+    """The hyperparameter check names a hyperparameter only when tracing it is what fails."""
+
+    def reads_params(learning_rate):
+        def init(params):
+            return optax.ScaleByScheduleState(jnp.asarray(float(params["b"]), jnp.int32))  # needs concrete params
+
+        return optax.chain(optax.sgd(learning_rate), optax.GradientTransformation(init, lambda u, s, p=None: (u, s)))
+
+    with compiles() as c, pytest.raises(jax.errors.ConcretizationTypeError) as info:
+        gd.fit(MODEL.loss, P0, reads_params, IT, epochs=1, key=jax.random.key(0), learning_rate=0.1)
+    assert c.count == 0 and "cannot take hyperparameter" not in str(info.value)

@@ -173,3 +173,38 @@ def test_hyperparameters_of_another_float_dtype_do_not_promote_the_optimizer_sta
         )
         assert res.params["w"].dtype == jnp.float32
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(res.state.opt_state))
+
+
+def test_integer_params_are_explained_at_trace_time():
+    opt = optax.sgd(0.1)
+    batch = next(gd.minibatch(_problem(4), 2).iterate(jax.random.key(0)))
+    step = jax.jit(gd.make_step(_loss, opt))
+    bad = {"w": jnp.zeros(3, jnp.int32), "b": jnp.array(0.5, jnp.float32)}
+    with pytest.raises(TypeError, match=r"state\.params\['w'\] has dtype int32.*jnp\.asarray\(x, jnp\.float32\)"):
+        step(gd.init(bad, opt), batch)
+    state, _ = step(gd.init(_params(), opt), batch)  # the same step still works on float params
+    assert int(state.step) == 1
+
+
+def test_loss_of_the_other_form_is_explained():
+    """A per-example loss with batched=True, and a batched loss without it, say which form gdjax called."""
+    opt = optax.sgd(0.1)
+    batch = next(gd.minibatch(_problem(4), 2).iterate(jax.random.key(0)))
+    state = gd.init(_params(), opt)
+    with pytest.raises(TypeError) as info:  # _loss indexes the example by name; a Batch is a tuple
+        gd.make_step(_loss, opt, batched=True)(state, batch)
+    assert "gdjax called loss_fn with batched=True" in "".join(getattr(info.value, "__notes__", []))
+    with pytest.raises(TypeError, match=r"mean loss of the batch, with batched=True.*shape \(2,\)"):
+        gd.make_step(lambda p, b: jax.vmap(_loss, (None, 0))(p, b.data), opt, batched=True)(state, batch)
+
+    def per_batch(p, b):
+        return jnp.mean(jax.vmap(_loss, (None, 0))(p, b.data))
+
+    with pytest.raises(AttributeError) as info:
+        gd.make_step(per_batch, opt)(state, batch)
+    assert "with batched=True, loss_fn(params, batch) takes a whole gd.Batch" in "".join(info.value.__notes__)
+
+
+def test_loss_fn_must_be_callable():
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        gd.make_step("mse", optax.sgd(0.1))

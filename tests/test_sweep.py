@@ -1,5 +1,6 @@
 """sweep: members equal fit, divergence isolation, theory, chunks, devices, compilation."""
 
+import functools
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -17,6 +19,17 @@ MODEL = gd.models.linear()
 PROB = gd.problems.linear_regression(n=200, d=5, key=jax.random.key(0))
 P0 = MODEL.init(None, 5)
 IT = gd.minibatch(PROB.data, 32)  # ragged: 200 % 32 = 8
+
+
+def _warmup_cosine(learning_rate):
+    """A schedule built on the traced peak: optax branches on it in Python."""
+    return optax.sgd(optax.warmup_cosine_decay_schedule(0.0, learning_rate, 5, 40))
+
+
+def _per_batch_loss(p, batch):
+    """A loss written for batched=True."""
+    per = jax.vmap(MODEL.loss, (None, 0))(p, batch.data)
+    return jnp.sum(jnp.where(batch.mask, per, 0)) / jnp.sum(batch.mask)
 
 
 def _close(a, b, **kw):
@@ -241,13 +254,48 @@ def test_every_member_diverged_has_no_best():
         ({"optimizer_fn": optax.sgd(0.1)}, TypeError, "optimizer_fn must be an optax factory"),
         ({"key": 3}, TypeError, "key must be a single JAX PRNG key"),
         ({"epochs": -1}, ValueError, "epochs must be at least 1"),
+        (
+            {"hyperparams": {"momentom": [0.5, 0.9]}},
+            TypeError,
+            r"optimizer factory sgd cannot take .*'momentom'.*check the names in learning_rates= and hyperparams=",
+        ),
+        (
+            {"optimizer_fn": lambda momentum: optax.sgd(0.1, momentum), "hyperparams": {"momentum": 0.9}},
+            TypeError,
+            r"cannot take \['learning_rate', 'momentum'\]: got an unexpected keyword argument 'learning_rate'",
+        ),
+        ({"hyperparams": "momentum"}, TypeError, "hyperparams must be a dict from the optimizer's keyword names"),
+        ({"hyperparams": [("momentum", 0.9)]}, TypeError, "hyperparams must be a dict"),
+        (
+            {"hyperparams": {"momentum": 0.9, "nesterov": [0.0, 1.0]}},
+            TypeError,
+            r"sgd cannot take hyperparameter 'nesterov' as a traced number.*functools.partial\(optax.sgd, nesterov=",
+        ),
+        (
+            {"optimizer_fn": optax.adam, "hyperparams": {"mu_dtype": jnp.bfloat16}},
+            TypeError,
+            r"hyperparams\['mu_dtype'\] must be a number.*only numeric.*functools.partial\(factory, mu_dtype=",
+        ),
+        ({"hyperparams": {"nesterov": True}}, TypeError, r"hyperparams\['nesterov'\] must be a number.*got bool"),
+        ({"learning_rates": ["0.1", "0.2"]}, TypeError, "learning_rates must be a number or array of numbers"),
+        (
+            {"optimizer_fn": _warmup_cosine},
+            TypeError,
+            r"cannot take hyperparameter 'learning_rate' as a traced value.*schedule.*peak 1.*learning_rate \* unit",
+        ),
+        ({"devices": jax.devices()[0]}, TypeError, r"got the single device .*Pass devices=\[d\]"),
+        ({"devices": jax.devices()[:1] * 2}, ValueError, r"devices lists .* more than once"),
+        ({"devices": 3}, TypeError, "devices must be a non-empty sequence of jax.Device"),
+        ({"batched": True}, TypeError, r"failed with batched=True.*loss_fn\(params, example\).*drop batched=True"),
+        ({"loss_fn": _per_batch_loss}, TypeError, "pass batched=True"),
+        ({"params": lambda: P0}, TypeError, r"init function called as params\(key\).*cannot take one argument"),
     ],
 )
 def test_bad_arguments_are_explained_before_compiling(kwargs, error, match, compiles):
     args = {"optimizer_fn": optax.sgd, "learning_rates": [0.1, 0.2], "epochs": 1, "key": jax.random.key(0), **kwargs}
-    opt = args.pop("optimizer_fn")
+    opt, loss, params = args.pop("optimizer_fn"), args.pop("loss_fn", MODEL.loss), args.pop("params", P0)
     with compiles() as c, pytest.raises(error, match=match):
-        gd.sweep(MODEL.loss, P0, opt, IT, **args)
+        gd.sweep(loss, params, opt, IT, **args)
     assert c.count == 0
     assert (
         gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=[0.1], epochs=1, key=jax.random.key(0)).num_members == 1
@@ -314,3 +362,15 @@ def test_progress_counts_real_members_not_padding(capsys):
     )
     last = [line for line in capsys.readouterr().err.splitlines() if "chunk 2/2" in line][-1]
     assert "1 of 2 running, 1 diverged" in last
+
+
+@pytest.mark.slow
+def test_options_that_are_not_numbers_are_fixed_in_the_factory():
+    """The fix the error messages suggest: functools.partial(optax.sgd, nesterov=True), numbers still swept."""
+    nesterov = functools.partial(optax.sgd, nesterov=True)
+    kw = {"hyperparams": {"momentum": 0.9}, "epochs": 1, "key": jax.random.key(0)}
+    sw = gd.sweep(MODEL.loss, P0, nesterov, IT, learning_rates=[0.05, 0.1], **kw)
+    res = gd.fit(MODEL.loss, P0, nesterov, IT, learning_rate=0.1, **kw)
+    np.testing.assert_allclose(sw.losses[1], res.losses, rtol=1e-5, atol=1e-6)
+    plain = gd.fit(MODEL.loss, P0, optax.sgd, IT, learning_rate=0.1, **kw)
+    assert not np.allclose(res.losses[1:], plain.losses[1:])  # nesterov took effect

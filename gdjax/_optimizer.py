@@ -1,0 +1,173 @@
+"""Checks of an optimizer factory, run on the host before anything is compiled.
+
+``fit`` and ``sweep`` call the factory with traced hyperparameters inside the
+compiled program. Two things can go wrong there, and both are caught here
+with a plain sentence instead of a trace:
+
+* the factory does not take a keyword (:func:`check_keywords`, by its
+  signature);
+* the factory (or the optimizer it builds) needs a Python value: a flag
+  (``nesterov``), a dtype, or a schedule that branches on its peak in Python
+  (:func:`check_traceable`, by building the optimizer once under
+  ``jax.eval_shape`` with traced hyperparameters and running its ``init`` and
+  ``update`` on the parameters' shapes).
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+#: The errors JAX raises when Python needs the value of a traced array.
+TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,  # TracerBoolConversionError is one
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+_CHECKED: dict[Any, None] = {}  # factories, names and param shapes already checked (insertion-ordered, bounded)
+
+
+def check_keywords(factory: Callable, names: Any, *, learning_rate: str = "learning_rate") -> None:
+    """Fail now, with a plain sentence, if ``factory`` does not take the keywords ``names``.
+
+    ``learning_rate`` names the argument the learning rate came from
+    (``learning_rate`` in ``fit``, ``learning_rates`` in ``sweep``).
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and odd callables: the traced build below tells
+        return
+    try:
+        signature.bind(**dict.fromkeys(names))
+    except TypeError as exc:
+        raise TypeError(
+            f"optimizer factory {_short(factory)} cannot take {sorted(names)}: {exc}. "
+            f"It accepts {list(signature.parameters)}; check the names in {learning_rate}= and hyperparams=."
+        ) from None
+
+
+def check_traceable(factory: Callable, params: PyTree, hyperparams: Mapping[str, Any]) -> None:
+    """Build ``factory(**hyperparams)`` with traced values and run its init and update on ``params``' shapes.
+
+    Raises:
+      TypeError: the factory does not return a ``GradientTransformation``, or
+        it (or its optimizer) needs a hyperparameter as a Python value; the
+        hyperparameters at fault are named when trying them one at a time
+        tells which.
+    """
+    names = tuple(hyperparams)
+    if not names:
+        return
+    key = _cache_key(factory, names, params)
+    if key is not None and key in _CHECKED:
+        return
+    exc = _failure(factory, params, hyperparams, traced=names)
+    if exc is not None:
+        if _failure(factory, params, hyperparams, traced=()) is not None:
+            raise exc  # it fails with every hyperparameter concrete too: not theirs to explain
+        culprits = [n for n in names if _failure(factory, params, hyperparams, traced=(n,)) is not None]
+        raise _explain(factory, exc, culprits or list(names), known=bool(culprits)) from exc
+    if key is not None:
+        if len(_CHECKED) >= 256:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = None
+
+
+def _cache_key(factory: Callable, names: tuple, params: PyTree) -> Any:
+    leaves, treedef = jax.tree.flatten(params)
+    key = (factory, names, treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class _NotAnOptimizerError(TypeError):
+    pass
+
+
+def _failure(factory: Callable, params: PyTree, hyperparams: Mapping[str, Any], *, traced: tuple) -> Exception | None:
+    """The tracer error building and running the optimizer raises with ``traced`` traced (others concrete), or None."""
+    dtype = jnp.result_type(float)
+    fixed = {k: float(np.ravel(v)[0]) for k, v in hyperparams.items() if k not in traced}
+
+    def run(values: dict[str, jax.Array], params: PyTree) -> PyTree:
+        opt = factory(**values, **fixed)
+        if not isinstance(opt, optax.GradientTransformation):
+            got = "an array" if isinstance(opt, jax.Array) else type(opt).__name__
+            raise _NotAnOptimizerError(
+                f"optimizer factory {_short(factory)} must return an optax GradientTransformation; it returned "
+                f"{got}. Pass a factory such as optax.sgd, or a function of the hyperparameters that builds one "
+                f"(lambda learning_rate: optax.sgd(learning_rate))."
+            )
+        updates, _ = opt.update(params, opt.init(params), params)
+        return updates
+
+    try:
+        jax.eval_shape(run, {k: jax.ShapeDtypeStruct((), dtype) for k in traced}, params)
+    except _NotAnOptimizerError as exc:
+        raise TypeError(str(exc)) from None
+    except TRACER_ERRORS as exc:
+        return exc
+    except TypeError as exc:
+        if "unhashable" in str(exc):
+            return exc
+        if len(traced) < len(hyperparams):  # trying one name: another failure is not this name's doing
+            return None
+        raise
+    except Exception:
+        if len(traced) < len(hyperparams):
+            return None
+        raise
+    return None
+
+
+def _explain(factory: Callable, exc: Exception, culprits: list[str], *, known: bool) -> TypeError:
+    name, full = _short(factory), _qualified(factory)
+    error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    which = f"hyperparameter {culprits[0]!r}" if len(culprits) == 1 else f"hyperparameters {culprits}"
+    if not known:
+        which = f"one of the hyperparameters {culprits}"
+    if _in_schedule(exc):
+        return TypeError(
+            f"optimizer factory {name} cannot take {which} as a traced value: it builds an optax schedule that "
+            f"branches on the value in Python ({error}). Build a schedule of peak 1 once, outside the factory, "
+            f"and scale it by the traced learning rate: unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, "
+            f"warmup, steps), and pass the factory lambda learning_rate: optax.sgd(lambda step: learning_rate * "
+            f"unit(step))."
+        )
+    example = culprits[0] if known else "nesterov"
+    return TypeError(
+        f"optimizer factory {name} cannot take {which} as a traced number: it uses the value in Python (a flag, a "
+        f"dtype, a size or a branch), which fails while tracing ({error}). Only numeric hyperparameters can be "
+        f"traced; fix the others in the factory instead, passing functools.partial({full}, {example}=...) as the "
+        f"optimizer, and leave them out of hyperparams."
+    )
+
+
+def _in_schedule(exc: Exception) -> bool:
+    """Whether the error was raised inside an optax schedule."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any("optax" in f.filename and "schedule" in f.filename for f in frames) or "schedule" in str(exc)
+
+
+def _short(factory: Callable) -> str:
+    return getattr(factory, "__name__", None) or repr(factory)
+
+
+def _qualified(factory: Callable) -> str:
+    """How a user names the factory: ``optax.sgd`` for optax's own, else its name."""
+    name = _short(factory)
+    module = getattr(factory, "__module__", "") or ""
+    return f"optax.{name}" if module.startswith("optax") and name.isidentifier() else name
