@@ -1,8 +1,9 @@
 """gdjax: gradient descent in JAX, simple, pure and fast."""
 
 from gdjax import models, problems
+from gdjax._caches import clear_caches
 from gdjax.data import Batch, DataIterator, IteratorState, full_batch, minibatch, stochastic
-from gdjax.loop import FitResult, fit
+from gdjax.fit import FitResult, fit
 from gdjax.step import TrainState, init, make_step
 from gdjax.sweep import SweepResult, seed_keys, sweep
 
@@ -26,6 +27,7 @@ __all__ = [
     "SweepResult",
     "TrainState",
     "__version__",
+    "clear_caches",
     "fit",
     "full_batch",
     "init",

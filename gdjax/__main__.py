@@ -1,7 +1,5 @@
 """``python -m gdjax`` runs the ``gdjax`` command."""
 
-import sys
+from gdjax.cli import entry
 
-from gdjax.cli import main
-
-sys.exit(main())
+entry()

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-PyTree = Any
+from gdjax import _validate
+from gdjax._caches import BoundedCache, callable_key
+from gdjax._types import PyTree
 
 #: The errors JAX raises when Python needs the value of a traced array.
 TRACER_ERRORS = (
@@ -34,7 +36,65 @@ TRACER_ERRORS = (
     jax.errors.TracerArrayConversionError,
 )
 
-_CHECKED: dict[Any, None] = {}  # factories, names and param shapes already checked (insertion-ordered, bounded)
+#: Factories, hyperparameter names and parameter shapes already found traceable.
+_CHECKED: BoundedCache[bool] = BoundedCache("checked optimizers", 256)
+
+
+def is_factory(optimizer: Any, name: str = "optimizer") -> bool:
+    """Whether ``optimizer`` is a factory (``optax.sgd``) rather than a built ``GradientTransformation``."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return False
+    if callable(optimizer):
+        return True
+    raise TypeError(
+        f"{name} must be an optax GradientTransformation (optax.sgd(0.1)) or a factory "
+        f"(optax.sgd, with learning_rate=...); got {type(optimizer).__name__}."
+    )
+
+
+def require_factory(optimizer: Any, name: str = "optimizer_fn") -> None:
+    """Refuse a built optimizer where each run needs its own values (a sweep)."""
+    if not is_factory(optimizer, name):
+        raise TypeError(
+            f"{name} must be an optax factory such as optax.sgd or optax.adam (not a built optimizer): "
+            f"sweep calls it with each member's learning_rate and hyperparams."
+        )
+
+
+def merge_learning_rate(learning_rate: Any, hyperparams: Any, *, name: str = "learning_rate") -> dict[str, Any]:
+    """``hyperparams`` (checked to be a mapping of names) with ``learning_rate`` first, given once."""
+    merged = _validate.check_hyperparams(hyperparams)
+    if learning_rate is None:
+        return merged
+    if "learning_rate" in merged:
+        raise ValueError(f"learning_rate is given twice: as {name}= and in hyperparams. Give it once.")
+    return {"learning_rate": learning_rate, **merged}
+
+
+def hyperparameters(optimizer: Any, learning_rate: Any, hyperparams: Any, *, allow_arrays: bool) -> dict[str, Any]:
+    """Collect ``learning_rate`` and ``hyperparams`` into one checked mapping of numpy values."""
+    factory = is_factory(optimizer)
+    hyperparams = merge_learning_rate(learning_rate, hyperparams)
+    if not factory:
+        if hyperparams:
+            raise ValueError(
+                f"optimizer is already built (a GradientTransformation), so {sorted(hyperparams)} cannot be "
+                f"applied. Pass the factory instead, e.g. optimizer=optax.sgd, learning_rate=0.1."
+            )
+        return {}
+    if not hyperparams:
+        raise ValueError(
+            f"optimizer {getattr(optimizer, '__name__', optimizer)!r} is a factory, so it needs its values: "
+            f"pass learning_rate=... (and hyperparams={{...}} for others), or pass a built optimizer."
+        )
+    check_keywords(optimizer, hyperparams)
+    out = {}
+    for name, value in hyperparams.items():
+        arr = _validate.check_hyperparam(value, name)
+        if arr.ndim != 0 and not allow_arrays:
+            raise ValueError(f"{name} must be a single number in fit; got shape {arr.shape}. Use gd.sweep for many.")
+        out[name] = arr
+    return out
 
 
 def check_keywords(factory: Callable, names: Any, *, learning_rate: str = "learning_rate") -> None:
@@ -69,7 +129,7 @@ def check_traceable(factory: Callable, params: PyTree, hyperparams: Mapping[str,
     if not names:
         return
     key = _cache_key(factory, names, params)
-    if key is not None and key in _CHECKED:
+    if key is not None and _CHECKED.get(key):
         return
     exc = _failure(factory, params, hyperparams, traced=names)
     if exc is not None:
@@ -78,14 +138,13 @@ def check_traceable(factory: Callable, params: PyTree, hyperparams: Mapping[str,
         culprits = [n for n in names if _failure(factory, params, hyperparams, traced=(n,)) is not None]
         raise _explain(factory, exc, culprits or list(names), known=bool(culprits)) from exc
     if key is not None:
-        if len(_CHECKED) >= 256:
-            _CHECKED.pop(next(iter(_CHECKED)))
-        _CHECKED[key] = None
+        _CHECKED.put(key, True)
 
 
 def _cache_key(factory: Callable, names: tuple, params: PyTree) -> Any:
     leaves, treedef = jax.tree.flatten(params)
-    key = (factory, names, treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
+    shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves)
+    key = (callable_key(factory), names, treedef, shapes)
     try:
         hash(key)
     except TypeError:

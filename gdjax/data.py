@@ -35,12 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax import _checks
+from gdjax import _validate, _validate_data
+from gdjax._types import PyTree, ceil_div
 from gdjax.shuffle import permute, round_keys
 
 __all__ = ["Batch", "DataIterator", "IteratorState", "full_batch", "minibatch", "stochastic"]
-
-PyTree = Any
 
 
 class Batch(NamedTuple):
@@ -97,7 +96,7 @@ class DataIterator:
     def num_batches(self) -> int:
         """Batches (steps) per epoch."""
         n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_remainder else -(-n // b)
+        return n // b if self.drop_remainder else ceil_div(n, b)
 
     @property
     def examples_per_epoch(self) -> int:
@@ -162,7 +161,7 @@ class DataIterator:
 
     def init(self, key: jax.Array) -> IteratorState:
         """The state at the start of epoch 0 for ``key``."""
-        key = _checks.check_key(key)
+        key = _validate.check_key(key)
         zero = jnp.zeros((), jnp.int32)
         return IteratorState(key, zero, zero)
 
@@ -204,9 +203,9 @@ class DataIterator:
           >>> [int(b.mask.sum()) for b in it.iterate(jax.random.key(0))]
           [4, 4, 2]
         """
-        key = _checks.check_key(key)
+        key = _validate.check_key(key)
         epoch = _check_epoch(epoch)
-        start = _checks.check_positive_int(start, "start", low=0, high=self.num_batches)
+        start = _validate.check_positive_int(start, "start", low=0, high=self.num_batches)
         idx, mask = _epoch_indices(self, key, epoch)
         for b in range(start, self.num_batches):
             yield _gather(self, idx[b], mask[b])
@@ -220,7 +219,7 @@ MAX_EPOCH = 2**31 - 1
 
 
 def _check_epoch(epoch: Any) -> int:
-    epoch = _checks.check_positive_int(epoch, "epoch", low=0)
+    epoch = _validate.check_positive_int(epoch, "epoch", low=0)
     if epoch > MAX_EPOCH:
         raise ValueError(
             f"epoch must be at most 2**31 - 1 = {MAX_EPOCH} (epochs are int32 in the compiled order); got {epoch}."
@@ -272,7 +271,7 @@ def _build(data: PyTree, batch_size: int | None, shuffle: bool, drop_remainder: 
     """Check everything and build the iterator; ``batch_size=None`` means ``N``."""
     leaves = _prepare(data)
     n = leaves[0][1].shape[0]
-    batch_size = n if batch_size is None else _checks.check_positive_int(batch_size, "batch_size", low=1, high=n)
+    batch_size = n if batch_size is None else _validate.check_positive_int(batch_size, "batch_size", low=1, high=n)
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False; got {shuffle!r}.")
     if not isinstance(drop_remainder, bool):
@@ -308,14 +307,14 @@ def _prepare(data: PyTree) -> list[tuple[tuple, jax.Array]]:
     """Check ``data`` and return its (path, device array) leaves."""
     if isinstance(data, DataIterator):
         raise TypeError("data is already a DataIterator; pass its .data to build another one.")
-    paths = jax.tree_util.tree_flatten_with_path(data)[0]
+    paths = _validate.leaves_with_paths(data, "data")
     if not paths:
         raise ValueError(
             "data is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
             "such as {'x': X, 'y': y}."
         )
-    leaves = [(path, _checks.check_leaf(path, leaf)) for path, leaf in paths]
-    lengths = {_checks.leaf_name(path): arr.shape[0] for path, arr in leaves}
+    leaves = [(path, _validate_data.check_leaf(path, leaf)) for path, leaf in paths]
+    lengths = {_validate_data.leaf_name(path): arr.shape[0] for path, arr in leaves}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
         raise ValueError(

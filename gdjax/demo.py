@@ -2,8 +2,9 @@
 
 The same linear regression (built-in synthetic data with a known least-squares
 answer) is trained by batch gradient descent, stochastic gradient descent and
-mini-batch gradient descent; then 64 learning rates of mini-batch gradient
-descent are swept in one compiled program. A table reports the updates, time
+mini-batch gradient descent; then 64 learning rates of batch gradient
+descent, spread across the stability limit 2/L, are swept in one compiled
+program. A table reports the updates, time
 and final cost of each run and the best learning rate; with an output folder
 the comparison and sweep figures are written there.
 """
@@ -19,9 +20,9 @@ import optax
 
 from gdjax import models, problems
 from gdjax.data import full_batch, minibatch, stochastic
-from gdjax.loop import FitResult, fit
+from gdjax.fit import fit
+from gdjax.results import FitResult, SweepResult
 from gdjax.sweep import sweep
-from gdjax.sweep_result import SweepResult
 
 __all__ = ["Demo", "Variant", "format_table", "run_demo", "run_variants", "write_figures"]
 
@@ -117,15 +118,16 @@ def format_table(prob: problems.Regression, runs: list[Variant], sw: SweepResult
     lines.append(f"{'least squares (exact)':<24}{'':>7}{'':>10}{'':>11}{'':>13}{prob.min_loss:>13.6f}")
     if sw is not None:
         limit = 2.0 / prob.lipschitz
-        if sw.best_index is None:
+        best_hp, lrs = sw.best_hyperparams, sw.learning_rates
+        if best_hp is None or lrs is None:
             lines.append("\nevery member of the sweep diverged")
         else:
-            best = sw.best_hyperparams["learning_rate"]
+            best = best_hp["learning_rate"]
             unstable = sw.diverged | ~(sw.final_loss < sw.initial_loss)
             lines.append(
                 f"\nbest learning rate of the sweep: {best:.4g} = {best / limit:.2f} x 2/L (2/L = {limit:.4g}, "
                 f"the stability limit of batch GD); {int(unstable.sum())} of {sw.num_members} members were unstable, "
-                f"from {sw.learning_rates[unstable].min() / limit:.2f} x 2/L up"
+                f"from {lrs[unstable].min() / limit:.2f} x 2/L up"
                 if unstable.any()
                 else f"\nbest learning rate of the sweep: {best:.4g} = {best / limit:.2f} x 2/L"
             )
@@ -143,18 +145,18 @@ def write_figures(demo: Demo, out: Path) -> list[Path]:
         ax = plot.compare(runs, x=x)
         ax.set_title(f"Batch, stochastic and mini-batch gradient descent: cost against {x}")
         paths.append(out / f"compare_{x}.png")
-        ax.figure.savefig(paths[-1])
+        plot.save(ax, paths[-1])
     ax = plot.losses(runs["SGD"], smooth=1000, x="epoch", label="SGD")
     ax.set_title("SGD: noisy single-sample losses and their moving average over 1000 updates")
     paths.append(out / "sgd_moving_average.png")
-    ax.figure.savefig(paths[-1])
+    plot.save(ax, paths[-1])
     ax = plot.sweep(demo.sweep)
     limit = 2.0 / demo.problem.lipschitz
     ax.axvline(limit, color="0.4", ls="--", lw=1)
     ax.text(limit, ax.get_ylim()[0], " 2/L", color="0.3", va="bottom")
     paths.append(out / "sweep.png")
-    ax.figure.savefig(paths[-1])
+    plot.save(ax, paths[-1])
     ax = plot.curves(demo.sweep, x="epoch")
     paths.append(out / "sweep_curves.png")
-    ax.figure.savefig(paths[-1])
+    plot.save(ax, paths[-1])
     return paths

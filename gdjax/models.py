@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["Model", "linear", "logistic", "mlp"]
+from gdjax._types import PyTree
 
-PyTree = Any
+__all__ = ["Model", "linear", "logistic", "mlp"]
 
 
 class Model(NamedTuple):
@@ -26,6 +26,17 @@ class Model(NamedTuple):
     init: Callable[..., PyTree]
     apply: Callable[[PyTree, jax.Array], jax.Array]
     loss: Callable[[PyTree, PyTree], jax.Array]
+
+
+def _zeros_init(key: jax.Array, num_features: int, dtype: Any = None) -> PyTree:
+    """Zero weights and bias (the key is unused: linear models need no random start)."""
+    del key
+    dtype = dtype or jnp.result_type(float)
+    return {"w": jnp.zeros((num_features,), dtype), "b": jnp.zeros((), dtype)}
+
+
+def _affine(params: PyTree, x: jax.Array) -> jax.Array:
+    return x @ params["w"] + params["b"]
 
 
 def linear() -> Model:
@@ -42,18 +53,10 @@ def linear() -> Model:
       2.0
     """
 
-    def init(key: jax.Array, num_features: int, dtype: Any = None) -> PyTree:
-        del key
-        dtype = dtype or jnp.result_type(float)
-        return {"w": jnp.zeros((num_features,), dtype), "b": jnp.zeros((), dtype)}
-
-    def apply(params: PyTree, x: jax.Array) -> jax.Array:
-        return x @ params["w"] + params["b"]
-
     def loss(params: PyTree, example: PyTree) -> jax.Array:
-        return 0.5 * (apply(params, example["x"]) - example["y"]) ** 2
+        return 0.5 * (_affine(params, example["x"]) - example["y"]) ** 2
 
-    return Model(init, apply, loss)
+    return Model(_zeros_init, _affine, loss)
 
 
 def logistic() -> Model:
@@ -67,20 +70,12 @@ def logistic() -> Model:
       0.6931
     """
 
-    def init(key: jax.Array, num_features: int, dtype: Any = None) -> PyTree:
-        del key
-        dtype = dtype or jnp.result_type(float)
-        return {"w": jnp.zeros((num_features,), dtype), "b": jnp.zeros((), dtype)}
-
-    def apply(params: PyTree, x: jax.Array) -> jax.Array:
-        return x @ params["w"] + params["b"]
-
     def loss(params: PyTree, example: PyTree) -> jax.Array:
         return optax.sigmoid_binary_cross_entropy(
-            apply(params, example["x"]), example["y"].astype(jnp.result_type(float))
+            _affine(params, example["x"]), example["y"].astype(jnp.result_type(float))
         )
 
-    return Model(init, apply, loss)
+    return Model(_zeros_init, _affine, loss)
 
 
 def mlp(hidden: Sequence[int] = (32,), num_outputs: int = 1, *, task: str = "regression") -> Model:

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
-import jax
 import numpy as np
 
-__all__ = ["MIN_INTERVAL", "ProgressBar", "drive"]
+__all__ = ["MIN_INTERVAL", "ProgressBar"]
 
 #: Seconds between redraws of the bar on a terminal (and the target length of one chunk of epochs).
 MIN_INTERVAL = 0.25
@@ -80,60 +78,3 @@ class ProgressBar:
         text = f"{self.desc}: epoch {epoch}/{self.total} [{bar}]{who}, {self.last_draw - self.start:.1f} s"
         self.file.write("\r" + text if self.tty else text + "\n")
         self.file.flush()
-
-
-_SECONDS_PER_EPOCH: dict[Any, float] = {}
-
-
-def drive(
-    train: Callable[[Any, int], Any],
-    run: Any,
-    epochs: int,
-    bar: ProgressBar | None,
-    *,
-    program: Any = None,
-    every: int | None = None,
-    on_chunk: Callable[[Any, int], None] | None = None,
-) -> Any:
-    """Run ``train(run, target_epochs)`` to ``epochs``: in one call, or in chunks.
-
-    ``train`` advances a run state (one member or a stack of them) until
-    ``target_epochs`` epochs or until every member has stopped; it is the
-    same compiled program whatever the target. With a bar, chunks are sized
-    to take about :data:`MIN_INTERVAL` seconds (the first is one epoch, to
-    time it, unless an earlier run of the same ``program`` already did);
-    with ``every``, chunks also end at every multiple of ``every`` epochs,
-    and ``on_chunk(run, epochs_done)`` is called after each chunk.
-    """
-    if bar is None and every is None:
-        return jax.block_until_ready(train(run, epochs))
-    if bar is not None:
-        bar.start = time.perf_counter()  # count training time only, not compilation
-    known = _SECONDS_PER_EPOCH.get(program) if program is not None else None
-    chunk = 1 if known is None else max(1, int(MIN_INTERVAL / max(known, 1e-9)))
-    epoch, converged, diverged = (np.asarray(f) for f in jax.device_get((run.epoch, run.converged, run.diverged)))
-    done, running = int(epoch.max()), int((~converged & ~diverged).sum())
-    while True:
-        if done >= epochs or running == 0:
-            if bar is not None:
-                bar.close()
-            return run
-        target = min(done + chunk, epochs) if bar is not None else epochs
-        if every is not None:
-            target = min(target, (done // every + 1) * every)
-        t0 = time.perf_counter()
-        run = jax.block_until_ready(train(run, target))
-        seconds = time.perf_counter() - t0
-        epoch, converged, diverged = (np.asarray(f) for f in jax.device_get((run.epoch, run.converged, run.diverged)))
-        ran, done = int(epoch.max()) - done, int(epoch.max())
-        real = slice(0, bar.members if bar is not None else None)  # padding copies of a member are not counted
-        converged, diverged = np.atleast_1d(converged)[real], np.atleast_1d(diverged)[real]
-        running = int((~converged & ~diverged).sum())
-        if on_chunk is not None and every is not None and (done % every == 0 or done >= epochs or running == 0):
-            on_chunk(run, done)
-        if bar is not None:
-            bar.update(done, running, int(diverged.sum()))
-        per_epoch = seconds / max(ran, 1)
-        if program is not None and ran > 0:
-            _SECONDS_PER_EPOCH[program] = per_epoch
-        chunk = max(1, int(MIN_INTERVAL / max(per_epoch, 1e-9)))

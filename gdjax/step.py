@@ -22,11 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gdjax._types import PyTree
 from gdjax.data import Batch
 
 __all__ = ["TrainState", "batch_loss", "init", "make_step"]
-
-PyTree = Any
 
 
 class TrainState(NamedTuple):
@@ -102,7 +101,7 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
             return out, None
         if not (isinstance(out, tuple | list) and len(out) == 2):
             raise TypeError(
-                f"loss_fn must return (loss, aux) with has_aux=True; it returned {type(out).__name__}. "
+                f"loss_fn must return (loss, aux) with has_aux=True; it returned {_describe(out)}. "
                 f"Return a pair, or drop has_aux."
             )
         return out[0], out[1]
@@ -133,6 +132,15 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
         return loss, aux
 
     return fn
+
+
+def _describe(out: Any) -> str:
+    """What a loss returned, in user terms (an array's shape and dtype, not a tracer's class)."""
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        return f"one array of shape {tuple(out.shape)} and dtype {out.dtype}"
+    if isinstance(out, tuple | list):
+        return f"a {type(out).__name__} of {len(out)} items"
+    return type(out).__name__
 
 
 def check_scalar_loss(loss: Any, *, has_aux: bool, batched: bool = False) -> None:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,16 +34,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _checks, _engine, _members, _optimizer, _setup
-from gdjax.checkpoint import digest, holding
+from gdjax import _config, _hooks, _optimizer, _plan, _runner, _settings, _validate
+from gdjax._program import AXIS, Inputs, Layout
+from gdjax._types import PyTree
+from gdjax.checkpoint import Checkpointer, holding
 from gdjax.data import DataIterator
 from gdjax.progress import ProgressBar
-from gdjax.sweep_result import SweepResult
+from gdjax.results import SweepResult
 
 __all__ = ["SweepResult", "seed_keys", "sweep"]
-
-PyTree = Any
-_AXIS = "members"
 
 
 def seed_keys(key: jax.Array, seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -54,62 +53,18 @@ def seed_keys(key: jax.Array, seed: int | jax.Array) -> tuple[jax.Array, jax.Arr
     Example:
       >>> import jax, gdjax as gd
       >>> init_key, order_key = gd.seed_keys(jax.random.key(0), 3)
+
+    Raises:
+      TypeError, ValueError: ``seed`` is not an integer in ``[0, 2**32)`` (a
+        traced JAX integer is taken as it is), or ``key`` is not a PRNG key.
     """
-    return tuple(jax.random.split(jax.random.fold_in(key, seed)))
-
-
-class _Static(NamedTuple):
-    """The static part of the sweep's programs: equal values share compiled code."""
-
-    cfg: _engine.Config
-    params_batched: bool
-    keys_batched: bool
-    mesh: Mesh | None
-
-
-def _sharded(static: _Static, f: Callable, in_specs: tuple) -> Callable:
-    mesh = static.mesh
-    if mesh is None:
-        return f
-    # members never communicate; shared inputs stay replicated
-    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=P(_AXIS), check_vma=False)
-
-
-def _spec(batched: bool) -> P:
-    return P(_AXIS) if batched else P()
-
-
-def _start_program(static: _Static, it, params, hparams):
-    cfg, params_batched, _, _ = static
-    f = functools.partial(_engine.start_members, cfg, params_batched=params_batched)
-    return _sharded(static, f, (P(), _spec(params_batched), P(_AXIS)))(it, params, hparams)
-
-
-def _train_program(static: _Static, it, runs, hparams, keys, epochs, tol):
-    cfg, _, keys_batched, _ = static
-    f = functools.partial(_engine.train, cfg, members=True, keys_batched=keys_batched)
-    in_specs = (P(), P(_AXIS), P(_AXIS), _spec(keys_batched), P(), P())
-    return _sharded(static, f, in_specs)(it, runs, hparams, keys, epochs, tol)
-
-
-def _devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
-    if devices is None:
-        return list(jax.devices())
-    if isinstance(devices, jax.Device):
-        raise TypeError(f"devices must be a sequence of devices; got the single device {devices}. Pass devices=[d].")
-    if isinstance(devices, str | bytes) or not isinstance(devices, Iterable):
-        devices = [devices]  # refused below, with the sentence for every other wrong value
-    devices = list(devices)
-    if not devices or not all(isinstance(d, jax.Device) for d in devices):
-        raise TypeError("devices must be a non-empty sequence of jax.Device, such as jax.devices(); or None for all.")
-    seen = set()
-    for d in devices:
-        if d in seen:
-            raise ValueError(
-                f"devices lists {d} more than once; give each device once, e.g. devices=jax.devices()[:2]."
-            )
-        seen.add(d)
-    return devices
+    key = _validate.check_key(key)
+    if not isinstance(seed, jax.core.Tracer):  # inside a sweep's vmap the seeds are traced, and already checked
+        if isinstance(seed, jax.Array) and seed.ndim == 0 and jnp.issubdtype(seed.dtype, jnp.integer):
+            seed = int(seed)
+        seed = _validate.check_positive_int(seed, "seed", low=0, high=2**32 - 1)
+    init_key, order_key = jax.random.split(jax.random.fold_in(key, seed))
+    return init_key, order_key
 
 
 def _check_init(init: Callable) -> None:
@@ -126,6 +81,46 @@ def _check_init(init: Callable) -> None:
             f"{getattr(init, '__name__', repr(init))} cannot take one argument ({exc}); define it as "
             f"def init(key): ... ."
         ) from None
+
+
+class _Starts:
+    """Each chunk's initial parameters and order keys: shared by every member, or one per seed.
+
+    With seeds and an init function, each chunk's parameters are made by
+    ``vmap(init)`` over its members' init keys when the chunk runs (the first
+    chunk's once, also used to check the parameters before compiling).
+    """
+
+    def __init__(self, params: Any, table: _plan.Members, key: jax.Array) -> None:
+        self.init = params if callable(params) else None
+        self.params_batched = table.seeds is not None and callable(params)
+        self.keys_batched = table.seeds is not None
+        if table.seeds is None:
+            self.shared = params(seed_keys(key, 0)[0]) if callable(params) else params
+            self.order_keys = key
+        else:
+            pairs = jax.vmap(lambda s: jnp.stack(seed_keys(key, s)))(jnp.asarray(table.seeds, jnp.uint32))
+            self.init_keys, self.order_keys = pairs[:, 0], pairs[:, 1]
+            self.shared = params
+        self._first: PyTree = None
+
+    def params(self, chunk: _plan.Chunk) -> PyTree:
+        if not self.params_batched:
+            return self.shared
+        if chunk.number == 0 and self._first is not None:
+            return self._first
+        made = _init_many(self.init, self.init_keys[chunk.rows])
+        if chunk.number == 0:
+            self._first = made
+        return made
+
+    def one(self, first: _plan.Chunk) -> PyTree:
+        """One member's initial parameters, to check them and the loss."""
+        made = self.params(first)
+        return jax.tree.map(lambda x: x[0], made) if self.params_batched else made
+
+    def keys(self, chunk: _plan.Chunk) -> jax.Array:
+        return self.order_keys[chunk.rows] if self.keys_batched else self.order_keys
 
 
 def sweep(
@@ -207,163 +202,144 @@ def sweep(
       >>> sw.final_loss.shape, bool(sw.diverged[-1]), bool(sw.diverged[0])
       ((8,), True, False)
     """
-    if isinstance(optimizer_fn, optax.GradientTransformation) or not callable(optimizer_fn):
-        raise TypeError(
-            "optimizer_fn must be an optax factory such as optax.sgd or optax.adam (not a built optimizer): "
-            "sweep calls it with each member's learning_rate and hyperparams."
-        )
-    it, epochs, key, tol, log_every = _setup.common(
-        loss_fn, params, optimizer_fn, data, epochs, key, tol, log_every, progress
-    )
-    table = _members.members(learning_rates, hyperparams, grid=grid, seeds=seeds)
+    _optimizer.require_factory(optimizer_fn)
+    args = _validate.run_arguments(loss_fn, data, epochs, key, tol, log_every, progress)
+    table = _plan.members(learning_rates, hyperparams, grid=grid, seeds=seeds)
     _optimizer.check_keywords(optimizer_fn, table.hyperparams, learning_rate="learning_rates")
     if chunk_size is not None:
-        chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", low=1)
-    devs = _devices(devices)
+        chunk_size = _validate.check_positive_int(chunk_size, "chunk_size", low=1)
+    devs = _plan.check_devices(devices)
     if callable(params):
         _check_init(params)
-    m = table.count
-
-    # chunks, padded to a multiple of the device count
-    size = m if chunk_size is None else min(chunk_size, m)
-    size = -(-size // len(devs)) * len(devs)
-    chunks = range(0, m, size)
-    chunk_rows = [np.minimum(np.arange(lo, lo + size), m - 1) for lo in chunks]  # padded with the last member
-
-    # parameters: shared by every member, or (an init function with seeds) one per seed, made chunk by chunk;
-    # keys: the one key, or one order key per seed
-    params_batched = table.seeds is not None and callable(params)
-    keys_batched = table.seeds is not None
-    if table.seeds is None:
-        member_keys = key
-        start = params(seed_keys(key, 0)[0]) if callable(params) else params
-    else:
-        pairs = jax.vmap(lambda s: jnp.stack(seed_keys(key, s)))(jnp.asarray(table.seeds, jnp.uint32))
-        init_keys, member_keys = np.asarray(jax.random.key_data(pairs[:, 0])), pairs[:, 1]
-        start = params
-    chunk_params = (lambda rows: _init_many(params, _wrap(init_keys[rows], key))) if params_batched else None
-    first_params = chunk_params(chunk_rows[0]) if params_batched else None  # reused by the first chunk
-    if params_batched:
-        start = jax.tree.map(lambda x: x[0], first_params)
-    _setup.check_params(start, "params(key)" if callable(params) else "params")
-    _optimizer.check_traceable(optimizer_fn, start, table.hyperparams)
-    cfg = _setup.config(
+    rows = _plan.chunk_rows(table.size, chunk_size, len(devs))
+    chunks = _plan.chunks(table.size, rows)
+    starts = _Starts(params, table, args.key)
+    one = starts.one(chunks[0])
+    _validate.check_params(one, "params(key)" if callable(params) else "params")
+    _optimizer.check_traceable(optimizer_fn, one, table.hyperparams)
+    cfg = _config.config(
         loss_fn,
         optimizer_fn,
-        start,
-        it,
-        epochs=epochs,
-        log_every=log_every,
+        one,
+        args.it,
+        epochs=args.epochs,
+        log_every=args.log_every,
         has_aux=has_aux,
         batched=batched,
-        members=size,
+        members=rows,
     )
-
-    mesh = Mesh(np.array(devs), (_AXIS,)) if len(devs) > 1 else None
-    static = _Static(cfg, params_batched, keys_batched, mesh)
-    settings = functools.cache(
-        lambda: _setup.run_settings(  # only called with a checkpoint, once
-            "sweep",
-            loss_fn,
-            optimizer_fn,
-            it,
-            key,
-            hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
-            seeds=None if table.seeds is None else table.seeds.tolist(),
-            epochs=epochs,
-            tol=tol,
-            log_every=log_every,
-            has_aux=bool(has_aux),
-            batched=bool(batched),
-            chunk=size,
-            devices=len(devs),
-            params=_setup.describe(params) if callable(params) else digest(params),
-        )
-    )
+    mesh = Mesh(np.array(devs), (AXIS,)) if len(devs) > 1 else None
+    layout = Layout(cfg, True, starts.params_batched, starts.keys_batched, mesh)
+    options = {"has_aux": has_aux, "batched": batched, "rows": rows, "devices": len(devs)}
+    settings = functools.cache(functools.partial(_sweep_settings, loss_fn, optimizer_fn, params, args, table, options))
     ckpts = [
-        _setup.checkpointer(
-            checkpoint, checkpoint_every, optimizer=optimizer_fn, settings=settings, prefix=f"chunk-{c:05d}-"
+        _settings.checkpointer(
+            checkpoint, checkpoint_every, optimizer=optimizer_fn, settings=settings, prefix=f"chunk-{c.number:05d}-"
         )
-        for c in range(-(-m // size))
+        for c in chunks
     ]
-    hp_all = {k: np.asarray(v) for k, v in table.hyperparams.items()}
-    whole = NamedSharding(mesh, P()) if mesh is not None else devs[0]
-    tol_array = jax.device_put(jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype), whole)
-
-    compile_time, wall_time, outs, resumed_from = 0.0, 0.0, [], []
     with holding(ckpts):  # one lock on the folder for every chunk, until sweep returns or raises
-        for n_chunk, (lo, rows) in enumerate(zip(chunks, chunk_rows, strict=True)):
-            initial = start  # shared by every member, or each seed's own for this chunk's members:
-            if params_batched:
-                initial = first_params if n_chunk == 0 else chunk_params(rows)
-            args = [
-                it,
-                initial,
-                {k: _setup.float_array(v[rows]) for k, v in hp_all.items()},
-                member_keys[rows] if keys_batched else member_keys,
-            ]
-            args = _place(args, mesh, devs[0], params_batched, keys_batched)
-            it_c, params_c, hp_c, keys_c = args
-            desc = "sweep" if len(chunks) == 1 else f"sweep, chunk {n_chunk + 1}/{len(chunks)}"
-            out, seconds, run_seconds, resumed = _engine.execute(
-                static,
-                _start_program,
-                (it_c, params_c, hp_c),
-                _train_program,
-                lambda target, keys_c=keys_c: (
-                    keys_c,
-                    jax.device_put(jnp.asarray(target, jnp.int32), whole),
-                    tol_array,
-                ),
-                epochs,
-                ProgressBar(epochs, desc, members=min(size, m - lo)) if progress else None,
-                ckpts[n_chunk],
+        outs = [
+            _run_chunk(
+                layout, args, table, starts, c, len(chunks), devs[0], progress=progress, checkpointer=ckpts[c.number]
             )
-            compile_time += seconds
-            wall_time += run_seconds
-            outs.append((out, min(size, m - lo)))
-            resumed_from += [resumed] * min(size, m - lo)
-    if len(outs) == 1 and size == m:
-        run = outs[0][0]  # device arrays, split over the devices as computed
-    else:  # trim the padding and join the chunks on the host: no small programs to compile
-        host = [_engine.pad_history(jax.tree.map(lambda x, n=n: np.asarray(x)[:n], out), outs) for out, n in outs]
-        run = jax.tree.map(lambda *xs: np.concatenate(xs), *host)
-        run = run._replace(train=run.train._replace(params=jax.device_put(run.train.params)))
-    return SweepResult.from_run(
-        cfg,
-        it,
+            for c in chunks
+        ]
+    return _result(layout, args, table, chunks, outs, devices=len(devs))
+
+
+def _result(
+    layout: Layout,
+    args: _validate.RunArgs,
+    table: _plan.Members,
+    chunks: list[_plan.Chunk],
+    outs: list[_runner.Outcome],
+    *,
+    devices: int,
+) -> SweepResult:
+    """Join the chunks (on the host, unless one unpadded chunk ran) into the sweep's result."""
+    if len(chunks) == 1 and chunks[0].real == len(chunks[0].rows):
+        run = outs[0].run  # device arrays, split over the devices as computed
+    else:
+        run = _runner.join([(o.run, c.real) for o, c in zip(outs, chunks, strict=True)])
+    resumed = [np.full(c.real, o.resumed_from, np.int64) for o, c in zip(outs, chunks, strict=True)]
+    return SweepResult.build(
+        layout.cfg,
+        args.it,
         run,
-        table,
-        wall_time=wall_time,
-        compile_time=compile_time,
-        devices=len(devs),
-        resumed_from=np.asarray(resumed_from, np.int64),
+        hyperparams=table.hyperparams,
+        seeds=table.seeds,
+        wall_time=sum(o.run_time for o in outs),
+        compile_time=sum(o.compile_time for o in outs),
+        devices=devices,
+        resumed_from=np.concatenate(resumed),
     )
 
 
-def _wrap(key_data: np.ndarray, like: jax.Array) -> jax.Array:
-    """Keys from their raw data, typed like ``like`` (typed keys stay typed, raw uint32 keys raw)."""
-    if jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(jnp.asarray(key_data), impl=jax.random.key_impl(like))
-    return jnp.asarray(key_data)
+def _sweep_settings(
+    loss_fn: Callable[..., Any],
+    optimizer_fn: Callable[..., Any],
+    params: Any,
+    args: _validate.RunArgs,
+    table: _plan.Members,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """What a sweep's checkpoints record (called only with a checkpoint, once: it hashes the data)."""
+    return _settings.run_settings(
+        "sweep",
+        loss_fn,
+        optimizer_fn,
+        args.it,
+        args.key,
+        hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
+        seeds=None if table.seeds is None else table.seeds.tolist(),
+        epochs=args.epochs,
+        tol=args.tol,
+        log_every=args.log_every,
+        has_aux=bool(options["has_aux"]),
+        batched=bool(options["batched"]),
+        chunk=options["rows"],
+        devices=options["devices"],
+        params=_settings.describe(params) if callable(params) else _settings.params_settings(params),
+    )
 
 
-def _place(args: list, mesh: Mesh | None, device: jax.Device, params_batched: bool, keys_batched: bool) -> list:
-    """Put one chunk's arguments where they run: split over the mesh, or on the one device."""
-    if mesh is None:
-        split = whole = device
-    else:
-        split, whole = NamedSharding(mesh, P(_AXIS)), NamedSharding(mesh, P())
-    it, params, hp, keys = args
-    put = lambda tree, s: jax.tree.map(lambda x: jax.device_put(x, s), tree)  # noqa: E731
-    return [
-        put(it, whole),
-        put(params, split if params_batched else whole),
-        put(hp, split),
-        put(keys, split if keys_batched else whole),
-    ]
+def _run_chunk(
+    layout: Layout,
+    args: _validate.RunArgs,
+    table: _plan.Members,
+    starts: _Starts,
+    chunk: _plan.Chunk,
+    num_chunks: int,
+    device: jax.Device,
+    *,
+    progress: bool,
+    checkpointer: Checkpointer | None,
+) -> _runner.Outcome:
+    """Place one chunk's inputs on its devices and run it."""
+    hp = _config.hparam_arrays({k: v[chunk.rows] for k, v in table.hyperparams.items()})
+    inputs = Inputs(args.it, starts.params(chunk), hp, starts.keys(chunk), _config.tol_array(layout.cfg, args.tol))
+    desc = "sweep" if num_chunks == 1 else f"sweep, chunk {chunk.number + 1}/{num_chunks}"
+    bar = ProgressBar(args.epochs, desc, members=chunk.real) if progress else None
+    hooks = _hooks.hooks(bar, checkpointer)
+    return _runner.run(layout, _place(layout, inputs, device), args.epochs, members=chunk.real, hooks=hooks)
+
+
+def _place(layout: Layout, inputs: Inputs, device: jax.Device) -> Inputs:
+    """Put one chunk's inputs where they run: split over the mesh, or on the one device."""
+    if layout.mesh is None:
+        return jax.device_put(inputs, device)
+    split, whole = NamedSharding(layout.mesh, P(AXIS)), NamedSharding(layout.mesh, P())
+    put = lambda tree, batched: jax.device_put(tree, split if batched else whole)  # noqa: E731
+    return Inputs(
+        it=put(inputs.it, False),
+        params=put(inputs.params, layout.params_batched),
+        hparams=put(inputs.hparams, True),
+        key=put(inputs.key, layout.keys_batched),
+        tol=put(inputs.tol, False),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _init_many(init: Callable, keys: jax.Array) -> PyTree:
+def _init_many(init: Callable[[jax.Array], PyTree], keys: jax.Array) -> PyTree:
     return jax.vmap(init)(keys)

@@ -1,6 +1,5 @@
 """Checkpoints: atomic writes, exact resume (also after SIGKILL), refusal of another run's folder."""
 
-import contextlib
 import functools
 import io
 import json
@@ -184,7 +183,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, kind
     in_the_way = kind in ("fifo", "directory")  # the run cannot save its last epoch under that name: it says so
     tracemalloc.start()
     try:
-        with pytest.warns(RuntimeWarning, match="not written") if in_the_way else contextlib.nullcontext():
+        # a damaged file is set aside (renamed, kept) with a warning; a non-file is skipped, and is in the way
+        with pytest.warns(RuntimeWarning, match="not written" if in_the_way else "is damaged and was skipped"):
             again = _fit(tmp_path)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -192,6 +192,68 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, kind
     assert again.resumed_from == 4
     np.testing.assert_array_equal(again.losses, full.losses)
     assert peak < 2**27  # nothing near the 2 GiB an absurd header declares was allocated
+    if not in_the_way:
+        assert (tmp_path / "epoch-00000006.npz.damaged").exists()  # nothing lost: kept beside the new one
+        assert _fit(tmp_path).resumed_from == 6  # and the new last checkpoint is the one resumed
+
+
+def test_when_every_checkpoint_is_damaged_the_run_restarts_says_so_and_keeps_its_new_ones(tmp_path):
+    _fit(tmp_path)
+    for f in tmp_path.glob("epoch-*.npz"):
+        with f.open("r+b") as fh:
+            fh.truncate(100)
+    with pytest.warns(RuntimeWarning, match="damaged") as record:
+        restarted = _fit(tmp_path)
+    assert restarted.resumed_from == 0 and len(record) == 2
+    # the damaged files no longer count as the newest, so the clean-up keeps the new checkpoints
+    assert sorted(p.name for p in tmp_path.glob("epoch-*.npz")) == ["epoch-00000004.npz", "epoch-00000006.npz"]
+    assert _fit(tmp_path).resumed_from == 6
+
+
+def test_a_checkpoint_renamed_to_another_epoch_is_skipped_as_damaged(tmp_path):
+    _fit(tmp_path)
+    os.rename(tmp_path / "epoch-00000006.npz", tmp_path / "epoch-00000099.npz")
+    with pytest.warns(RuntimeWarning, match="epoch-00000099.npz is damaged"):
+        again = _fit(tmp_path)
+    assert again.resumed_from == 4
+
+
+def test_a_fit_and_a_sweep_do_not_share_a_folder(tmp_path):
+    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
+    m, it, key = gd.models.linear(), gd.minibatch(prob.data, 16), jax.random.key(0)
+    gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, learning_rates=[0.1], epochs=2, key=key, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(kind: 'sweep' there, 'fit' now"):
+        gd.fit(m.loss, m.init(None, 3), optax.sgd, it, epochs=2, key=key, learning_rate=0.1, checkpoint=tmp_path)
+    other = tmp_path / "fit"
+    gd.fit(m.loss, m.init(None, 3), optax.sgd, it, epochs=2, key=key, learning_rate=0.1, checkpoint=other)
+    with pytest.raises(ValueError, match=r"other settings \(kind: 'fit' there, 'sweep' now"):
+        gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, learning_rates=[0.1], epochs=2, key=key, checkpoint=other)
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / ".gdjax-lock").symlink_to(precious)
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        _fit(folder)
+    assert precious.read_text() == "keep me"
+
+
+def test_an_empty_checkpoint_path_is_refused():
+    with pytest.raises(ValueError, match="checkpoint is empty"):
+        _fit("")
+
+
+def test_params_of_another_dtype_are_named_as_such_on_resume(tmp_path):
+    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
+    m, it, key = gd.models.linear(), gd.minibatch(prob.data, 16), jax.random.key(0)
+    p = m.init(None, 3)
+    gd.fit(m.loss, p, optax.sgd, it, epochs=2, key=key, learning_rate=0.1, checkpoint=tmp_path)
+    wide = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    with pytest.raises(ValueError, match=r"params\.shapes: .*float32.* there, .*float64.* now"):
+        gd.fit(m.loss, wide, optax.sgd, it, epochs=2, key=key, learning_rate=0.1, checkpoint=tmp_path)
 
 
 SMALL = {"w": np.arange(5.0, dtype=np.float32), "n": np.arange(3, dtype=np.int32)}
@@ -519,7 +581,7 @@ def test_another_configuration_in_the_folder_is_refused_before_compiling(tmp_pat
     _fit(tmp_path)
     with (
         compiles() as c,
-        pytest.raises(ValueError, match=r"other settings \(hyperparams: \{'learning_rate': 0.05\} there"),
+        pytest.raises(ValueError, match=r"other settings \(hyperparams.learning_rate: 0.05 there, 0.07 now"),
     ):
         _fit(tmp_path, lr=0.07)
     assert c.count == 0

@@ -26,6 +26,7 @@ import pytest
 
 import gdjax as gd
 from gdjax import __version__, cli
+from gdjax.cli import _files, _limits
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRUE_W, TRUE_B = np.array([1.5, -2.0, 0.5]), 3.0
@@ -65,7 +66,7 @@ def _train(*args, **kwargs):
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make reaching the training an error the test sees (the command must refuse before it)."""
-    monkeypatch.setattr(cli.gd, "sweep", _train)
+    monkeypatch.setattr(gd, "sweep", _train)
 
 
 def _strict_json(text: str):
@@ -344,14 +345,14 @@ def test_write_failure_after_training_is_one_line(tmp_path: Path, monkeypatch, c
     """A failure no check can foresee (here sweep.png becomes a folder during training) is still one line."""
     monkeypatch.chdir(tmp_path)
     Path("data.csv").write_text(GOOD)
-    real = cli.gd.sweep
+    real = gd.sweep
 
     def sweep_then_block(*args, **kwargs):
         result = real(*args, **kwargs)
         Path("out", "sweep.png").mkdir()
         return result
 
-    monkeypatch.setattr(cli.gd, "sweep", sweep_then_block)
+    monkeypatch.setattr(gd, "sweep", sweep_then_block)
     args = ["sweep", "data.csv", "--target", "y", "--num-lrs", "2", "--epochs", "1", "--no-progress", "--out", "out"]
     assert cli.main(args) == 2
     captured = capsys.readouterr()
@@ -394,7 +395,7 @@ def test_demo_checks_its_folder_first_and_reports_a_full_disk(tmp_path: Path, mo
 def test_memory_estimate_refuses_sweeps_that_do_not_fit(extra, flags, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     _no_training(monkeypatch)
-    monkeypatch.setattr(cli, "_memory_limit", lambda: (8 * 2**30, "a test's limit"))  # a 16 GiB machine
+    monkeypatch.setattr(_limits, "memory_limit", lambda: (8 * 2**30, "a test's limit"))  # a 16 GiB machine
     Path("data.csv").write_text(GOOD)
     assert cli.main(["sweep", "data.csv", "--target", "y", "--no-progress", *extra]) == 2
     line = _one_error_line(capsys.readouterr())
@@ -406,13 +407,13 @@ def test_memory_estimate_refuses_sweeps_that_do_not_fit(extra, flags, tmp_path: 
 @pytest.mark.parametrize("model", ["linear", "mlp"])
 def test_memory_estimate_lets_ordinary_sweeps_run(model: str, linear_csv: Path, monkeypatch) -> None:
     _no_training(monkeypatch)
-    monkeypatch.setattr(cli, "_memory_limit", lambda: (64 * 2**20, "a test's limit"))
+    monkeypatch.setattr(_limits, "memory_limit", lambda: (64 * 2**20, "a test's limit"))
     with pytest.raises(TrainedError):  # the defaults (32 learning rates, 50 epochs, 32 hidden units) fit in 64 MiB
         cli.main(["sweep", str(linear_csv), "--target", "y", "--model", model, "--optimizer", "adam", "--no-progress"])
 
 
 def test_memory_limit_is_half_the_machine() -> None:
-    limit, where = cli._memory_limit()
+    limit, where = _limits.memory_limit()
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert 0 < limit <= physical // 2 and where
 
@@ -441,7 +442,7 @@ def test_gdjax_errors_become_one_line(linear_csv: Path, tmp_path: Path, monkeypa
     def refuse(*args, **kwargs):
         raise ValueError("data is not right:\n  fix it.")
 
-    monkeypatch.setattr(cli.gd, "sweep", refuse)
+    monkeypatch.setattr(gd, "sweep", refuse)
     assert cli.main(["sweep", str(linear_csv), "--target", "y", "--no-progress", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "gdjax: error: data is not right: fix it.\n"
 
@@ -455,7 +456,7 @@ def test_bad_input_exit_code_in_subprocess(linear_csv: Path, tmp_path: Path) -> 
 
 def test_json_ready_turns_non_finite_numbers_into_flagged_nulls() -> None:
     raw = {"a": float("inf"), "b": {"c": float("nan"), "d": 1.5}, "e": [1.0, float("-inf"), float("nan")], "f": "x"}
-    ready = cli._json_ready(raw)
+    ready = _files.json_ready(raw)
     assert ready == {
         "a": None,
         "a_nonfinite": "inf",

@@ -93,9 +93,9 @@ def test_float64_data_too_large_for_float32_is_fine_with_x64():
 
 
 def test_data_checks_work_in_blocks_and_find_the_first_bad_row(monkeypatch):
-    from gdjax import _checks
+    from gdjax import _validate_data
 
-    monkeypatch.setattr(_checks, "_BLOCK_ELEMENTS", 6)  # 3 rows of 2 per block
+    monkeypatch.setattr(_validate_data, "_BLOCK_ELEMENTS", 6)  # 3 rows of 2 per block
     x = np.zeros((10, 2), np.float32)
     x[7, 0] = np.nan
     x[8, 1] = np.inf

@@ -1,4 +1,4 @@
-"""The progress bar: fed from inside the compiled program, rate-limited, one bar per sweep."""
+"""The progress bar: redrawn by the host between chunks of epochs of the same program, one bar per sweep."""
 
 import io
 

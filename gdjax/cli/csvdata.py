@@ -2,9 +2,10 @@
 
 A file is read with the standard :mod:`csv` module (no pandas): UTF-8 text
 (a byte-order mark is fine), comma-separated, a header row naming every
-column, then one row per example, every cell a finite number. Blank lines are
-skipped. The target column becomes ``y`` and every other column, in file
-order, a feature of ``x``.
+column, then one row per example, every cell a finite number written plainly
+(``-1.5``, ``2e-3``, ``.5``: ASCII digits, no ``1_000``, no ``inf`` or ``nan``)
+that float32 can hold. Blank lines are skipped. The target column becomes
+``y`` and every other column, in file order, a feature of ``x``.
 
 Every problem raises :class:`CsvError` with one sentence that names the file,
 the line (counting the header as line 1, as an editor does), the column and
@@ -14,7 +15,7 @@ the offending value (cut short if long), and says how to fix it.
 from __future__ import annotations
 
 import csv
-import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ import numpy as np
 
 __all__ = ["CsvError", "load_csv", "standardize"]
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The smallest float64 that float32 rounds to infinity: float32's largest value plus half of its last step (2**104).
+# A cell is refused as too large when it reaches this, not when it passes float32's largest value: '3.4028235e38',
+# how that largest value prints, is a little above it in float64 and still becomes a finite float32.
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+# A plain decimal number: optional sign, digits with an optional fraction (or a fraction alone), optional exponent.
+# ASCII digits only: float() also takes '1_000' and other scripts' digits ('\u0661' is 1), which a CSV should not hold.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SPACES = " \t\r\n\f\v"  # ASCII white space, allowed around a number
 _SHOWN_CHARS = 40  # a cell or column name longer than this is cut short in messages
 _SHOWN_COLUMNS = 20  # at most this many column names are listed in a message
 _NONFINITE_WORDS = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
@@ -73,24 +81,20 @@ def _read_header(reader: Any, name: str, target: str) -> list[str]:
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _PLAIN_NUMBER.fullmatch(text.strip(_SPACES)) is not None
 
 
 def _parse_cell(text: str, name: str, line: int, column: str) -> float:
     where = f"{name}, line {line}, column {_shown(column)}"
     if not text.strip():
         raise CsvError(f"{where}: empty cell; every cell must be a number (fill in or drop missing values).")
-    try:
-        value = float(text)
-    except ValueError:
-        raise CsvError(f"{where}: {_shown(text)} is not a number; every column must be numeric.") from None
-    if not math.isfinite(value) and text.strip().lower() in _NONFINITE_WORDS:
-        raise CsvError(f"{where}: {_shown(text)} is not a finite number; clean or drop that row.")
-    if not abs(value) <= _FLOAT32_MAX:  # also a number too long for float64, which reads as inf
+    plain = text.strip(_SPACES)
+    if _PLAIN_NUMBER.fullmatch(plain) is None:
+        if plain.lower() in _NONFINITE_WORDS:
+            raise CsvError(f"{where}: {_shown(text)} is not a finite number; clean or drop that row.")
+        raise CsvError(f"{where}: {_shown(text)} is not a number; every column must be numeric.")
+    value = float(plain)
+    if not abs(value) < _FLOAT32_OVERFLOW:  # also a number too long for float64, which reads as inf
         raise CsvError(f"{where}: {_shown(text)} is too large for float32 (at most about 3.4e38); rescale it.")
     return value
 

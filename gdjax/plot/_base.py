@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gdjax.loop import FitResult
-from gdjax.sweep_result import SweepResult
+from gdjax._types import ceil_div
+from gdjax.results import FitResult, SweepResult
 
 X_LABELS = {
     "step": "update (step)",
@@ -63,7 +63,7 @@ def thin(count: int) -> np.ndarray:
     """Indices of at most about ``MAX_POINTS`` evenly spaced points of ``count``, the last one included."""
     if count <= MAX_POINTS:
         return np.arange(count)
-    return np.unique(np.append(np.arange(0, count, -(-count // MAX_POINTS)), count - 1))
+    return np.unique(np.append(np.arange(0, count, ceil_div(count, MAX_POINTS)), count - 1))
 
 
 def hp_axis(values: np.ndarray, name: str) -> tuple[np.ndarray, str, bool]:
@@ -80,6 +80,13 @@ def hp_axis(values: np.ndarray, name: str) -> tuple[np.ndarray, str, bool]:
             return values, label + " (log scale)", True
         return np.log10(values), f"log10 of the {label}", False
     return values, label, False
+
+
+def save(ax: Axes, path: Any) -> None:
+    """Save the figure an ``Axes`` of gdjax's plots is drawn on (a top-level figure of its own)."""
+    figure = ax.figure
+    assert isinstance(figure, Figure)
+    figure.savefig(path)
 
 
 def has_positive_data(ax: Axes) -> bool:

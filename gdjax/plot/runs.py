@@ -1,19 +1,4 @@
-"""The textbook's views of a training run, drawn with matplotlib.
-
-Imported lazily (``gd.plot`` on first use; ``import gdjax`` alone does not
-import matplotlib). Figures are made with ``matplotlib.figure.Figure``, not
-pyplot, so they work under any backend (Agg included) and never open windows.
-Every function takes an optional ``ax`` and returns the axes it drew on; save
-with ``ax.figure.savefig("cost.png")``.
-
-* :func:`losses`: the cost curve of one run against steps, epochs, examples
-  or seconds, with a moving average over the noisy mini-batch losses and the
-  full-data cost of each epoch as markers.
-* :func:`compare`: several runs on one axes (batch, stochastic, mini-batch).
-* :func:`sweep`: final loss against the learning rate, diverged members and
-  the best one marked; :func:`curves`: every member's curve coloured by its
-  learning rate; :func:`heatmap`: final loss over a two-hyperparameter grid.
-"""
+"""Views of one run or a few: the cost curve with its moving average, and runs compared."""
 
 from __future__ import annotations
 
@@ -23,11 +8,10 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 
-from gdjax._plot_base import RAW_ALPHA, check_x, finish, moving_average, new_axes, step_scale, window_steps
-from gdjax._plot_sweep import curves, heatmap, sweep
-from gdjax.loop import FitResult
+from gdjax.plot._base import RAW_ALPHA, check_x, finish, moving_average, new_axes, step_scale, window_steps
+from gdjax.results import FitResult
 
-__all__ = ["compare", "curves", "heatmap", "losses", "moving_average", "sweep"]
+__all__ = ["compare", "losses"]
 
 
 def losses(

@@ -11,7 +11,7 @@ from matplotlib import colormaps, colors
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 
-from gdjax._plot_base import (
+from gdjax.plot._base import (
     LOG_SAFE,
     X_LABELS,
     axis_name,
@@ -25,7 +25,7 @@ from gdjax._plot_base import (
     thin,
     window_steps,
 )
-from gdjax.sweep_result import SweepResult
+from gdjax.results import SweepResult
 
 __all__ = ["curves", "heatmap", "sweep"]
 
@@ -56,34 +56,9 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
     values, xlabel, xlog = hp_axis(raw, hyperparam)
     final = np.asarray(result.final_loss, np.float64)
     ok = result.healthy
-    # members that blew up without overflowing yet would stretch the axis: draw them at a cap instead
-    start = np.asarray(result.initial_loss, np.float64)[ok]
-    start = start[np.isfinite(start)]
-    cap = 10 * float(start.max()) if len(start) and 0 < start.max() < 1e300 else np.inf
+    cap, top = _caps(result, final, ok)
     over = ok & (final > cap)
-    shown = ok & ~over
-    if np.isfinite(cap):
-        top = 1.5 * cap
-    else:  # no usable initial loss: the crosses go above the highest loss drawn
-        drawn = final[shown]
-        high = float(drawn.max()) if len(drawn) else 1.0
-        top = 1.5 * high if 0 < high < 1e300 else high + 1.0
-    order = np.argsort(values, kind="stable")
-    xs, ys, shows = values[order], final[order], shown[order]
-    uniq = np.unique(xs[shows & np.isfinite(xs)])
-    if len(uniq):
-        med = np.array([np.median(ys[shows & (xs == u)]) for u in uniq])
-        label = "final loss" + (" (median over seeds)" if result.seeds is not None else "")
-        ax.plot(uniq, med, "-", lw=1.8, color="C0", label=label)
-        ax.plot(
-            xs[shows],
-            ys[shows],
-            ".",
-            ms=4 if result.seeds is not None else 5,
-            alpha=0.6,
-            color="C0",
-            label="each seed" if result.seeds is not None else "_nolegend_",
-        )
+    _draw_finals(ax, values, final, ok & ~over, seeds=result.seeds is not None)
     if over.any():
         ax.plot(
             values[over],
@@ -95,13 +70,7 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
         )
     if (~ok).any():
         ax.plot(
-            values[~ok],
-            np.full((~ok).sum(), top),
-            "x",
-            ms=7,
-            mew=2,
-            color="C3",
-            label=f"diverged ({int((~ok).sum())})",
+            values[~ok], np.full((~ok).sum(), top), "x", ms=7, mew=2, color="C3", label=f"diverged ({int((~ok).sum())})"
         )
     best = result.best_index
     if best is not None:
@@ -126,6 +95,35 @@ def sweep(result: SweepResult, *, hyperparam: str = "learning_rate", log: bool =
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small", frameon=False)
     return ax
+
+
+def _caps(result: SweepResult, final: np.ndarray, ok: np.ndarray) -> tuple[float, float]:
+    """Where to draw members that blew up without overflowing (``cap``) and diverged ones (``top``).
+
+    Blown-up members would stretch the axis: they are drawn at 10x the
+    largest initial loss instead, and the diverged crosses above that.
+    """
+    start = np.asarray(result.initial_loss, np.float64)[ok]
+    start = start[np.isfinite(start)]
+    cap = 10 * float(start.max()) if len(start) and 0 < start.max() < 1e300 else np.inf
+    if np.isfinite(cap):
+        return cap, 1.5 * cap
+    drawn = final[ok & ~(final > cap)]  # no usable initial loss: the crosses go above the highest loss drawn
+    high = float(drawn.max()) if len(drawn) else 1.0
+    return cap, 1.5 * high if 0 < high < 1e300 else high + 1.0
+
+
+def _draw_finals(ax: Axes, values: np.ndarray, final: np.ndarray, shown: np.ndarray, *, seeds: bool) -> None:
+    """The final losses drawn: a line through the median per value (over seeds), and a dot per member."""
+    order = np.argsort(values, kind="stable")
+    xs, ys, shows = values[order], final[order], shown[order]
+    uniq = np.unique(xs[shows & np.isfinite(xs)])
+    if not len(uniq):
+        return
+    med = np.array([np.median(ys[shows & (xs == u)]) for u in uniq])
+    ax.plot(uniq, med, "-", lw=1.8, color="C0", label="final loss" + (" (median over seeds)" if seeds else ""))
+    label = "each seed" if seeds else "_nolegend_"
+    ax.plot(xs[shows], ys[shows], ".", ms=4 if seeds else 5, alpha=0.6, color="C0", label=label)
 
 
 def curves(
@@ -226,7 +224,7 @@ def heatmap(result: SweepResult, *, x: str = "learning_rate", y: str | None = No
                 grid[i, j] = np.median(vals[np.isfinite(vals)]) if np.isfinite(vals).any() else np.nan
                 bad[i, j] = not np.isfinite(vals).any()
     finite = grid[np.isfinite(grid)]
-    norm = None
+    norm: colors.Normalize | None = None
     if len(finite) and LOG_SAFE[0] <= finite.min() and finite.max() <= LOG_SAFE[1]:
         norm = colors.LogNorm(finite.min(), finite.max()) if finite.min() < finite.max() else None
     elif len(finite) and finite.min() < finite.max():

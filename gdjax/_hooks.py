@@ -1,0 +1,76 @@
+"""The hooks ``fit`` and ``sweep`` hand to the runner: the progress bar and checkpoints.
+
+Each is a :class:`gdjax._runner.Hook`: the runner asks it where the next
+chunk of epochs should end, and calls it after every chunk with the
+:class:`gdjax._runner.Status` it computed once for all hooks.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gdjax import progress
+from gdjax._program import RunState
+from gdjax._runner import Hook, HostHistory, Status
+from gdjax.checkpoint import Checkpointer
+from gdjax.progress import ProgressBar
+
+
+class ProgressHook(Hook):
+    """Redraws a :class:`gdjax.progress.ProgressBar` after chunks of epochs sized to take about 0.25 s.
+
+    The first chunk is one epoch, to time it, unless an earlier run of the
+    same compiled program already did.
+    """
+
+    def __init__(self, bar: ProgressBar) -> None:
+        self.bar = bar
+
+    def start(self, run: RunState, history: HostHistory) -> RunState:
+        self.bar.start = time.perf_counter()  # count training time only, not compilation
+        return run
+
+    def stop_at(self, status: Status, seconds_per_epoch: float | None) -> int | None:
+        if seconds_per_epoch is None:
+            return status.epochs_done + 1
+        return status.epochs_done + max(1, int(progress.MIN_INTERVAL / max(seconds_per_epoch, 1e-9)))
+
+    def after(self, run: RunState, history: HostHistory, status: Status) -> None:
+        self.bar.update(status.epochs_done, status.running, status.diverged)
+
+    def close(self, status: Status) -> None:
+        self.bar.update(status.epochs_done, status.running, status.diverged)  # a resumed, finished run too
+        self.bar.close()
+
+
+class CheckpointHook(Hook):
+    """Restores the newest checkpoint before training, and saves one every ``every`` epochs and at the end.
+
+    A checkpoint holds the run's state and the history the runner moved to
+    the host, so a resumed run is bit-identical to an uninterrupted one.
+    """
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self.ckpt = checkpointer
+
+    def start(self, run: RunState, history: HostHistory) -> RunState:
+        restored = self.ckpt.restore(lambda epoch: (run, history.template(run, epoch)))
+        return run if restored is None else history.restore(*restored)
+
+    def stop_at(self, status: Status, seconds_per_epoch: float | None) -> int | None:
+        every = self.ckpt.every
+        return (status.epochs_done // every + 1) * every
+
+    def after(self, run: RunState, history: HostHistory, status: Status) -> None:
+        if status.epochs_done % self.ckpt.every == 0 or status.finished:
+            self.ckpt.save((run, history.drained(run)), status.epochs_done)
+
+
+def hooks(bar: ProgressBar | None, checkpointer: Checkpointer | None) -> list[Hook]:
+    """The hooks for a run with an optional bar and an optional checkpointer."""
+    out: list[Hook] = []
+    if checkpointer is not None:
+        out.append(CheckpointHook(checkpointer))
+    if bar is not None:
+        out.append(ProgressHook(bar))
+    return out

@@ -1,0 +1,88 @@
+"""What a checkpoint records of a run, and the checkpointer a run with ``checkpoint=`` uses.
+
+A checkpoint is resumed only by a run with equal settings: the kind (fit or
+sweep), the loss's name and a digest of its code and captured values, the
+optimizer, the data's shape and digest, the key, the hyperparameters and
+every option that changes the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from gdjax import _validate
+from gdjax._optimizer import is_factory
+from gdjax._types import x64_enabled
+from gdjax.checkpoint import Checkpointer, digest, function_digest
+from gdjax.data import DataIterator
+
+
+def describe(fn: Any) -> Any:
+    """A JSON-able name for a function or factory (``functools.partial`` arguments included)."""
+    if isinstance(fn, functools.partial):
+        return {"partial": describe(fn.func), "args": repr(fn.args), "keywords": repr(sorted(fn.keywords.items()))}
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def checkpointer(
+    checkpoint: Any,
+    checkpoint_every: Any,
+    *,
+    optimizer: Any,
+    settings: Callable[[], dict[str, Any]],
+    prefix: str = "",
+) -> Checkpointer | None:
+    """Check the checkpoint arguments and build the :class:`Checkpointer` (None without ``checkpoint``).
+
+    ``settings()`` describes the run (called only with a checkpoint: it
+    hashes the data). The folder is created and tried for writing here; the
+    caller then runs under ``checkpoint.holding([...])``, which locks the
+    folder and refuses one holding another run's checkpoints, all before
+    anything is compiled.
+    """
+    if checkpoint is None:
+        if checkpoint_every is not None:
+            raise ValueError("checkpoint_every is set but checkpoint is not: pass checkpoint='some/folder' too.")
+        return None
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a folder path (str or Path); got {type(checkpoint).__name__}.")
+    if not os.fspath(checkpoint):
+        raise ValueError("checkpoint is empty; give a folder path (checkpoint='runs/ckpt'), not ''.")
+    every = 1 if checkpoint_every is None else _validate.check_positive_int(checkpoint_every, "checkpoint_every")
+    if not is_factory(optimizer):
+        raise ValueError(
+            "checkpoint= needs the optimizer as a factory with its values (optimizer=optax.sgd, "
+            "learning_rate=0.1), so that the checkpoint can record them; a built optimizer hides them."
+        )
+    return Checkpointer(checkpoint, {**settings(), "x64": x64_enabled()}, every=every, prefix=prefix)
+
+
+def data_settings(it: DataIterator) -> dict[str, Any]:
+    """The iterator's shape and a digest of its data, for checkpoint settings."""
+    n, b, shuffle, drop = it.spec
+    return {"num_examples": n, "batch_size": b, "shuffle": shuffle, "drop_remainder": drop, "digest": digest(it.data)}
+
+
+def params_settings(params: Any) -> dict[str, Any]:
+    """The initial params as checkpoint settings: their structure, dtypes and shapes (readable), and a digest."""
+    shapes = jax.tree.map(lambda x: f"{getattr(x, 'dtype', type(x).__name__)}{list(np.shape(x))}", params)
+    return {"shapes": str(shapes), "digest": digest(params)}
+
+
+def run_settings(kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator, key: jax.Array, **values: Any) -> dict:
+    """The JSON-able description of a run that a checkpoint must match to be resumed."""
+    return {
+        "kind": kind,
+        "loss_fn": describe(loss_fn),
+        "loss_fn_digest": function_digest(loss_fn),  # a closure of the same name over other values differs
+        "optimizer": describe(optimizer),
+        "data": data_settings(it),
+        "key": digest(key),
+        **values,
+    }

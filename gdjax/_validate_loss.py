@@ -1,0 +1,72 @@
+"""The loss function checked on the shapes of one batch, before anything is compiled.
+
+``jax.eval_shape`` runs the loss (per example under ``vmap``, or on the whole
+batch with ``batched=True``) on the parameters' and data's shapes: a loss
+that does not return a float scalar, does not fit the parameters, or is of
+the other form than ``batched`` says fails here with a plain sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from gdjax._types import PyTree
+from gdjax._validate import check_flag
+from gdjax.data import Batch, DataIterator
+from gdjax.step import BATCHED_FORMS, batch_loss
+
+
+def loss_dtype(loss_fn: Callable[..., Any], params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool) -> Any:
+    """Check the loss on one batch with ``eval_shape`` and return its dtype."""
+    has_aux, batched = check_flag(has_aux, "has_aux"), check_flag(batched, "batched")
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
+    batch = Batch(example, jax.ShapeDtypeStruct((it.batch_size,), bool))  # type: ignore[arg-type]  # shapes only
+    try:
+        out = jax.eval_shape(batch_loss(loss_fn, has_aux=has_aux, batched=batched), params, batch)
+    except Exception as exc:
+        # does the other form work? then the flag is what is wrong
+        try:
+            jax.eval_shape(batch_loss(loss_fn, has_aux=has_aux, batched=not batched), params, batch)
+            other = True
+        except Exception:
+            other = False
+        if batched:
+            raise _batched_mismatch(params, it, exc, per_example=other) from exc
+        if isinstance(exc, TypeError) and "loss_fn must return" in str(exc) and not other:
+            raise
+        raise _mismatch(params, it, exc, batched=other) from exc
+    return out[0].dtype
+
+
+def _shapes(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: f"{getattr(x, 'dtype', '?')}{list(getattr(x, 'shape', ()))}", tree)
+
+
+def _mismatch(params: PyTree, it: DataIterator, exc: Exception, *, batched: bool = False) -> TypeError:
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), it.data)
+    hint = (
+        " It works when given a whole gd.Batch: if it is written per batch, loss_fn(params, batch) applying "
+        "batch.mask, pass batched=True."
+        if batched
+        else ""
+    )
+    return TypeError(
+        f"loss_fn(params, example) failed on these structures: params = {_shapes(params)}, "
+        f"example = {_shapes(example)}. Make the loss accept them.{hint} The error was: {type(exc).__name__}: {exc}"
+    )
+
+
+def _batched_mismatch(params: PyTree, it: DataIterator, exc: Exception, *, per_example: bool) -> TypeError:
+    data = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
+    hint = (
+        "loss_fn works on one example: drop batched=True. "
+        if per_example
+        else f"Make it accept batch.data = {_shapes(data)} and params = {_shapes(params)}. "
+    )
+    return TypeError(
+        f"loss_fn(params, batch) failed with batched=True. {BATCHED_FORMS} {hint}"
+        f"The error was: {type(exc).__name__}: {exc}"
+    )

@@ -1,0 +1,174 @@
+"""The ``gdjax`` command's parser and the option checks that need no data."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import textwrap
+from collections.abc import Sequence
+from typing import NoReturn
+
+import numpy as np
+import optax
+
+from gdjax import __version__
+from gdjax.cli._common import UsageError, check
+
+OPTIMIZERS = {"sgd": optax.sgd, "momentum": functools.partial(optax.sgd, momentum=0.9), "adam": optax.adam}
+MODELS = {"linear": "linear regression", "logistic": "logistic regression", "mlp": "MLP regression"}
+MAX_SEED = 2**32 - 1
+F32 = np.finfo(np.float32)
+
+SWEEP_EPILOG = """\
+The final loss is the mean loss over the whole data set after the last epoch: squared error / 2 for linear \
+and mlp, log-loss for logistic. A member whose loss or parameters become non-finite is stopped and marked diverged.
+
+examples:
+  gdjax sweep data.csv --target y
+  gdjax sweep data.csv --target label --model logistic --standardize --optimizer adam
+  gdjax sweep data.csv --target y --model mlp --hidden 64 --batch-size full --epochs 500
+"""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each line of text on its own, keeps indented lines (examples) as they are, shows defaults."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines = text.splitlines()
+        return "\n".join(
+            s if s[:1].isspace() else textwrap.fill(s, width, initial_indent=indent, break_on_hyphens=False)
+            for s in lines
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if action.option_strings and default is not None and default is not False and default != argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``gdjax: error: ...``, pointing to the command's help.
+
+    argparse's own ``error`` prints the usage (several lines) and exits; this
+    one raises :class:`UsageError`, which :func:`gdjax.cli.main` reports like
+    every other bad input. The subcommands' parsers are of this class too, so
+    an error inside ``gdjax sweep`` names ``gdjax sweep --help``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "full":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'full', got {text!r}") from None
+
+
+def _add_common(parser: argparse.ArgumentParser, out: str, seed_help: str) -> None:
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help=seed_help)
+    parser.add_argument("--out", default=out, metavar="DIR", help="folder for the outputs, created if needed")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars on standard error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gdjax",
+        description="Gradient descent in JAX: whole training runs compiled, many learning rates at once.",
+        epilog="examples:\n  gdjax demo\n  gdjax sweep data.csv --target y\n  gdjax sweep --help",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gdjax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    demo = sub.add_parser(
+        "demo",
+        help="compare batch, stochastic and mini-batch gradient descent on built-in data",
+        description="Train one linear regression (built-in data, 4096 examples, 16 features) by batch, stochastic and "
+        "mini-batch gradient descent, sweep 64 learning rates, print a table and write the figures.",
+        epilog="example:\n  gdjax demo --out figures --seed 1",
+        formatter_class=_Formatter,
+    )
+    _add_common(demo, "gdjax-demo", "seed of the data, the initial parameters and the order")
+
+    sw = sub.add_parser(
+        "sweep",
+        help="sweep learning rates of a model trained on a numeric CSV file",
+        description="Train a model on a CSV file (a header row, then numbers only) once per learning rate, all in one "
+        "compiled program; print the summary and write results.csv (one row per learning rate), summary.json "
+        "(best learning rate, settings, versions), sweep.png and curves.png into --out.",
+        epilog=SWEEP_EPILOG,
+        formatter_class=_Formatter,
+    )
+    sw.add_argument("data", metavar="DATA.csv", help="CSV file: a header row naming the columns, then numbers")
+    sw.add_argument("--target", required=True, metavar="COLUMN", help="column to predict; every other is a feature")
+    models_help = "linear: linear regression; logistic: binary classification (0/1 target); mlp: tanh MLP regression"
+    sw.add_argument("--model", choices=list(MODELS), default="linear", help=models_help)
+    sw.add_argument("--hidden", type=int, default=32, metavar="N", help="hidden units of the mlp")
+    sw.add_argument("--lr-min", type=float, default=1e-4, metavar="X", help="smallest learning rate")
+    sw.add_argument("--lr-max", type=float, default=1.0, metavar="X", help="largest learning rate")
+    sw.add_argument("--num-lrs", type=int, default=32, metavar="N", help="learning rates, log-spaced from min to max")
+    sw.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        metavar="N|full",
+        help="examples per step; full: every row, batch GD (default: 32, or every row if the file has fewer)",
+    )
+    sw.add_argument("--epochs", type=int, default=50, metavar="N", help="passes over the data")
+    optimizers_help = "sgd: plain gradient descent; momentum: sgd with momentum 0.9; adam"
+    sw.add_argument("--optimizer", choices=list(OPTIMIZERS), default="sgd", help=optimizers_help)
+    sw.add_argument(
+        "--standardize",
+        action="store_true",
+        help="z-score every feature column (mean 0, std 1, float64 statistics) before training; the target is "
+        "left as is, and a constant column becomes all zeros",
+    )
+    _add_common(sw, "gdjax-sweep", "seed of the data order and the mlp's initial weights")
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; a malformed one raises :class:`UsageError` (``--help``, ``--version``: SystemExit(0))."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # an unknown option inside a subcommand: point to that subcommand's help, not gdjax's
+        prog = f"gdjax {args.command}" if args.command else "gdjax"
+        raise UsageError(f"unrecognized arguments: {' '.join(extras)} (see {prog} --help)")
+    if args.command is None:
+        raise UsageError("a command is required: demo or sweep (see gdjax --help)")
+    return args
+
+
+def check_options(args: argparse.Namespace) -> None:
+    check(0 <= args.seed <= MAX_SEED, f"--seed must be between 0 and {MAX_SEED}; got {args.seed}.")
+    if args.command != "sweep":
+        return
+    batch = 1 if args.batch_size in ("full", None) else args.batch_size
+    for flag, value in (("--num-lrs", args.num_lrs), ("--epochs", args.epochs), ("--batch-size", batch)):
+        check(value >= 1, f"{flag} must be at least 1; got {value}.")
+    check(args.hidden >= 1, f"--hidden must be at least 1; got {args.hidden}.")
+    tiny, huge = float(F32.tiny), float(F32.max)
+    for flag, value in (("--lr-min", args.lr_min), ("--lr-max", args.lr_max)):
+        check(math.isfinite(value) and value > 0, f"{flag} must be a positive number; got {value:g}.")
+        with np.errstate(over="ignore", under="ignore"):
+            single = float(np.float32(value))  # what training uses: 3.4028235e38 is above F32.max yet becomes it
+        check(
+            tiny <= single <= huge,
+            f"{flag} {value:g} cannot be a float32 learning rate (the sweep trains in float32); "
+            f"use a value between {tiny:.4g} and {huge:.4g}.",
+        )
+    check(args.lr_min < args.lr_max, f"--lr-min ({args.lr_min:g}) must be smaller than --lr-max ({args.lr_max:g}).")
+    check(
+        bool(np.float32(args.lr_min) < np.float32(args.lr_max)),
+        f"--lr-min ({args.lr_min:.10g}) and --lr-max ({args.lr_max:.10g}) are the same number in float32, the "
+        "precision the sweep trains in; widen the range.",
+    )

@@ -1,0 +1,142 @@
+"""``fit``: a whole training run compiled into one XLA program.
+
+The run is a ``lax.while_loop`` over epochs; each epoch draws its order from
+``(key, epoch)``, runs a ``lax.scan`` over its batches (gathered on the device
+from data placed there once) and then measures the full-data loss, which
+``tol`` is compared with. See :mod:`gdjax._program` for the
+program itself and :mod:`gdjax._runner` for the host code that drives it.
+
+Compilation: ``fit`` compiles once per static configuration (loss function,
+optimizer or optimizer factory, data shapes and batch size, ``log_every``,
+``has_aux``/``batched``) and per power-of-two bucket of ``epochs``. The
+learning rate and other hyperparameters (in the factory form), the key,
+``tol`` and ``epochs`` within its bucket are traced, so changing them reuses
+the compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+
+import jax
+import optax
+
+from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate
+from gdjax._program import Inputs, Layout
+from gdjax._types import PyTree
+from gdjax.checkpoint import holding
+from gdjax.data import DataIterator
+from gdjax.progress import ProgressBar
+from gdjax.results import FitResult
+
+__all__ = ["FitResult", "fit"]
+
+
+def fit(
+    loss_fn: Callable,
+    params: PyTree,
+    optimizer: optax.GradientTransformation | Callable[..., optax.GradientTransformation],
+    data: DataIterator,
+    *,
+    epochs: int,
+    key: jax.Array,
+    tol: float | None = None,
+    log_every: int = 1,
+    learning_rate: float | None = None,
+    hyperparams: Mapping[str, float] | None = None,
+    has_aux: bool = False,
+    batched: bool = False,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+) -> FitResult:
+    """Train ``params`` for ``epochs`` epochs in one compiled program.
+
+    Args:
+      loss_fn: ``loss_fn(params, example) -> scalar``, the loss of one
+        example; averaged over each batch with the batch mask.
+      params: initial parameters, any pytree of float arrays.
+      optimizer: an optax ``GradientTransformation`` (``optax.adam(1e-3)``),
+        or a factory (``optax.adam``) whose values come from
+        ``learning_rate`` and ``hyperparams``. The factory form traces those
+        values, so calling ``fit`` again with others does not recompile.
+      data: a :class:`gdjax.DataIterator`.
+      epochs: passes over the data (at most, with ``tol``).
+      key: PRNG key for the data order (``jax.random.key(0)``).
+      tol: stop once the full-data loss after an epoch is ``<= tol``.
+      log_every: average the step losses over windows of this many steps.
+      learning_rate: the factory's ``learning_rate``.
+      hyperparams: other keyword values for the factory (``{"b1": 0.8}``).
+      has_aux: ``loss_fn`` returns ``(loss, aux)``.
+      batched: ``loss_fn(params, batch)`` takes a whole :class:`gdjax.Batch`
+        and applies its mask; it is also called once per epoch on the whole
+        data set (``N`` rows, all unmasked) for the full-data loss, so it must
+        accept any leading size.
+      progress: show a progress bar over epochs on standard error (see
+        :mod:`gdjax.progress`); the results are the same.
+      checkpoint: a folder to save the whole run's state in (train state,
+        epoch, loss history, settings). Called again with the same
+        arguments, ``fit`` resumes from the newest complete checkpoint there
+        and gives bit for bit the result of an uninterrupted run (damaged
+        files are skipped for the one before); a folder holding another
+        configuration (or loss function) is refused, and one run at a time
+        holds a folder (a lock, see :class:`gdjax.checkpoint.FolderLock`).
+        Needs the factory form of ``optimizer`` (its values are part of the
+        configuration).
+      checkpoint_every: save every this many epochs (default 1), and at the end.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      TypeError, ValueError: bad arguments, before anything is compiled.
+
+    Example:
+      >>> import jax, optax, gdjax as gd
+      >>> prob = gd.problems.linear_regression(n=256, d=4, key=jax.random.key(0))
+      >>> model = gd.models.linear()
+      >>> res = gd.fit(model.loss, model.init(jax.random.key(1), 4), optax.sgd,
+      ...              gd.minibatch(prob.data, 32), epochs=20, key=jax.random.key(2),
+      ...              learning_rate=0.1)
+      >>> res.num_steps, abs(res.final_loss - prob.min_loss) < 0.01
+      (160, True)
+    """
+    args = _validate.run_arguments(loss_fn, data, epochs, key, tol, log_every, progress)
+    _validate.check_params(params)
+    hp = _optimizer.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
+    _optimizer.check_traceable(optimizer, params, hp)
+    cfg = _config.config(
+        loss_fn,
+        optimizer,
+        params,
+        args.it,
+        epochs=args.epochs,
+        log_every=args.log_every,
+        has_aux=has_aux,
+        batched=batched,
+    )
+    settings = functools.partial(
+        _settings.run_settings,
+        "fit",
+        loss_fn,
+        optimizer,
+        args.it,
+        args.key,
+        hyperparams={k: float(v) for k, v in hp.items()},
+        epochs=args.epochs,
+        tol=args.tol,
+        log_every=args.log_every,
+        has_aux=bool(has_aux),
+        batched=bool(batched),
+        params=_settings.params_settings(params),
+    )
+    ckpt = _settings.checkpointer(checkpoint, checkpoint_every, optimizer=optimizer, settings=settings)
+    inputs = Inputs(args.it, params, _config.hparam_arrays(hp), args.key, _config.tol_array(cfg, args.tol))
+    hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt)
+    with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
+        out = _runner.run(Layout(cfg), inputs, args.epochs, hooks=hooks)
+    return FitResult.build(
+        cfg, args.it, out.run, hp, wall_time=out.run_time, compile_time=out.compile_time, resumed_from=out.resumed_from
+    )
