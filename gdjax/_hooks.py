@@ -39,7 +39,9 @@ class ProgressHook(Hook):
         self.bar.update(status.epochs_done, status.running, status.diverged)
 
     def close(self, status: Status) -> None:
-        self.bar.update(status.epochs_done, status.running, status.diverged)  # a resumed, finished run too
+        final = (status.epochs_done, status.running, status.diverged)
+        if self.bar.state != final:  # a resumed run that had already finished ran no chunk to show
+            self.bar.update(*final)
         self.bar.close()
 
 

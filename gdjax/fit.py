@@ -16,9 +16,9 @@ the compiled program.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import optax
@@ -117,21 +117,23 @@ def fit(
         has_aux=has_aux,
         batched=batched,
     )
-    settings = functools.partial(
-        _settings.run_settings,
-        "fit",
-        loss_fn,
-        optimizer,
-        args.it,
-        args.key,
-        hyperparams={k: float(v) for k, v in hp.items()},
-        epochs=args.epochs,
-        tol=args.tol,
-        log_every=args.log_every,
-        has_aux=bool(has_aux),
-        batched=bool(batched),
-        params=_settings.params_settings(params),
-    )
+
+    def settings() -> dict[str, Any]:  # only called with a checkpoint: it hashes the data and params
+        return _settings.run_settings(
+            "fit",
+            loss_fn,
+            optimizer,
+            args.it,
+            args.key,
+            hyperparams={k: float(v) for k, v in hp.items()},
+            epochs=args.epochs,
+            tol=args.tol,
+            log_every=args.log_every,
+            has_aux=bool(has_aux),
+            batched=bool(batched),
+            params=_settings.params_settings(params),
+        )
+
     ckpt = _settings.checkpointer(checkpoint, checkpoint_every, optimizer=optimizer, settings=settings)
     inputs = Inputs(args.it, params, _config.hparam_arrays(hp), args.key, _config.tol_array(cfg, args.tol))
     hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt)

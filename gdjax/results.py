@@ -51,9 +51,12 @@ def window_means(sums: np.ndarray, positions: int, log_every: int) -> np.ndarray
     return sums[..., :count] / sizes
 
 
-def histories(cfg: Config, steps_per_epoch: int, run: RunState) -> Histories:
-    """The per-member histories of ``run`` (every leaf with a leading member axis)."""
-    host = RunState(run.train, *jax.device_get(tuple(run)[1:]))  # the params stay where they are
+def histories(cfg: Config, steps_per_epoch: int, run: RunState, *, members: bool = True) -> Histories:
+    """The per-member histories of ``run`` (``members=False``: a run without a member axis, as one member)."""
+    fields, step = jax.device_get((tuple(run)[1:], run.train.step))  # one transfer; the params stay where they are
+    if not members:
+        fields, step = jax.tree.map(lambda x: np.asarray(x)[None], (fields, step))
+    host = RunState(run.train._replace(step=step), *fields)
     num_epochs = np.asarray(host.epoch, np.int64)
     diverged_at = np.asarray(host.diverged_at, np.int64)
     positions = [stop_position(int(e), int(d), steps_per_epoch) for e, d in zip(num_epochs, diverged_at, strict=True)]
@@ -71,7 +74,7 @@ def histories(cfg: Config, steps_per_epoch: int, run: RunState) -> Histories:
         diverged=np.asarray(host.diverged),
         diverged_at=diverged_at,
         converged=np.asarray(host.converged),
-        num_steps=np.asarray(jax.device_get(run.train.step), np.int64),
+        num_steps=np.asarray(host.train.step, np.int64),
         num_epochs=num_epochs,
     )
 
@@ -138,7 +141,7 @@ class FitResult:
         cls, cfg: Config, it: DataIterator, run: RunState, hyperparams: dict[str, Any], **extra: Any
     ) -> FitResult:
         """The one-member view of :func:`histories` for a run without a member axis."""
-        h = histories(cfg, it.num_batches, jax.tree.map(lambda x: np.asarray(x)[None], run))
+        h = histories(cfg, it.num_batches, run, members=False)
         at = int(h.diverged_at[0])
         return cls(
             params=run.train.params,

@@ -10,13 +10,6 @@ import pytest
 import gdjax as gd
 from gdjax import _caches, _plan, _runner
 
-MODEL = gd.models.linear()
-
-
-def _problem():
-    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
-    return MODEL.init(None, 3), gd.minibatch(prob.data, 16)
-
 
 def test_the_plan_is_computed_without_compiling(compiles):
     with compiles() as c:
@@ -45,10 +38,10 @@ def test_every_member_runs_in_exactly_one_chunk(count, chunk_size, devices):
     np.testing.assert_array_equal(real, np.arange(count))
 
 
-def test_an_inline_partial_optimizer_shares_the_compiled_program(compiles):
-    params, it = _problem()
+def test_an_inline_partial_optimizer_shares_the_compiled_program(compiles, linear, small_run):
+    params, it = small_run
     run = lambda: gd.fit(  # noqa: E731
-        MODEL.loss,
+        linear.loss,
         params,
         functools.partial(optax.sgd, nesterov=True),  # a new object every call, equal to the last
         it,
@@ -64,9 +57,9 @@ def test_an_inline_partial_optimizer_shares_the_compiled_program(compiles):
     np.testing.assert_array_equal(first.losses, second.losses)
 
 
-def test_clear_caches_empties_every_cache_and_the_next_call_builds_again():
-    params, it = _problem()
-    fit = lambda: gd.fit(MODEL.loss, params, optax.sgd, it, epochs=2, key=jax.random.key(0), learning_rate=0.1)  # noqa: E731
+def test_clear_caches_empties_every_cache_and_the_next_call_builds_again(linear, small_run):
+    params, it = small_run
+    fit = lambda: gd.fit(linear.loss, params, optax.sgd, it, epochs=2, key=jax.random.key(0), learning_rate=0.1)  # noqa: E731
     fit()
     assert len(_runner._COMPILED) > 0
     gd.clear_caches()
@@ -90,10 +83,10 @@ def test_caches_are_bounded_and_drop_the_least_recently_used():
         _caches._ALL.remove(cache)
 
 
-def test_the_seconds_an_epoch_took_die_with_the_compiled_program(monkeypatch):
-    params, it = _problem()
+def test_the_seconds_an_epoch_took_die_with_the_compiled_program(monkeypatch, linear, small_run):
+    params, it = small_run
     monkeypatch.setattr(_runner, "_COMPILED", _caches.BoundedCache("small", 1))
-    gd.fit(MODEL.loss, params, optax.sgd, it, epochs=3, key=jax.random.key(0), learning_rate=0.1, progress=True)
+    gd.fit(linear.loss, params, optax.sgd, it, epochs=3, key=jax.random.key(0), learning_rate=0.1, progress=True)
     entries = [_runner._COMPILED.get(k) for k in _runner._COMPILED.keys()]  # noqa: SIM118
     assert len(entries) == 1 and entries[0].seconds_per_epoch is not None  # kept on the program's own entry
     _caches._ALL.remove(_runner._COMPILED)

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import _resume_child as resume_child
+import _shared
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 import gdjax as gd
 from gdjax import checkpoint
 
-MODEL = gd.models.linear()
+MODEL = _shared.LINEAR
 CHILD = Path(__file__).with_name("_resume_child.py")
 
 
@@ -71,7 +72,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
 
 
 def _fit(folder, epochs=6, lr=0.05, every=2, data=None, loss=MODEL.loss, **kw):
-    prob = data or gd.problems.linear_regression(n=300, d=4, key=jax.random.key(0))
+    prob = data or _shared.linear_problem(300, 4)
     return gd.fit(
         loss,
         MODEL.init(None, 4),
@@ -218,9 +219,8 @@ def test_a_checkpoint_renamed_to_another_epoch_is_skipped_as_damaged(tmp_path):
     assert again.resumed_from == 4
 
 
-def test_a_fit_and_a_sweep_do_not_share_a_folder(tmp_path):
-    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
-    m, it, key = gd.models.linear(), gd.minibatch(prob.data, 16), jax.random.key(0)
+def test_a_fit_and_a_sweep_do_not_share_a_folder(tmp_path, linear, small_run):
+    (_, it), m, key = small_run, linear, jax.random.key(0)
     gd.sweep(m.loss, m.init(None, 3), optax.sgd, it, learning_rates=[0.1], epochs=2, key=key, checkpoint=tmp_path)
     with pytest.raises(ValueError, match=r"other settings \(kind: 'sweep' there, 'fit' now"):
         gd.fit(m.loss, m.init(None, 3), optax.sgd, it, epochs=2, key=key, learning_rate=0.1, checkpoint=tmp_path)
@@ -246,9 +246,8 @@ def test_an_empty_checkpoint_path_is_refused():
         _fit("")
 
 
-def test_params_of_another_dtype_are_named_as_such_on_resume(tmp_path):
-    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
-    m, it, key = gd.models.linear(), gd.minibatch(prob.data, 16), jax.random.key(0)
+def test_params_of_another_dtype_are_named_as_such_on_resume(tmp_path, linear, small_run):
+    (_, it), m, key = small_run, linear, jax.random.key(0)
     p = m.init(None, 3)
     gd.fit(m.loss, p, optax.sgd, it, epochs=2, key=key, learning_rate=0.1, checkpoint=tmp_path)
     wide = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
@@ -361,7 +360,7 @@ def test_entries_that_are_not_regular_files_are_skipped(tmp_path, unblock):
 
 def _problem(n):
     """A problem of its own size, so that a run on it would compile new programs."""
-    return gd.problems.linear_regression(n=n, d=4, key=jax.random.key(0))
+    return _shared.linear_problem(n, 4)
 
 
 def test_a_folder_that_cannot_be_created_or_written_is_refused_before_compiling(tmp_path, compiles):
@@ -485,6 +484,7 @@ def make_loss(scale):
     return loss
 
 
+@pytest.mark.slow
 def test_a_loss_of_the_same_name_over_other_values_is_refused_before_compiling(tmp_path, compiles):
     _fit(tmp_path, loss=make_loss(1.0))
     with (
@@ -591,7 +591,7 @@ def test_another_configuration_in_the_folder_is_refused_before_compiling(tmp_pat
 
 
 def test_checkpoint_arguments_are_checked(tmp_path):
-    prob = gd.problems.linear_regression(n=50, d=4, key=jax.random.key(0))
+    prob = _shared.linear_problem(50, 4)
     args = (MODEL.loss, MODEL.init(None, 4))
     it = gd.minibatch(prob.data, 8)
     with pytest.raises(ValueError, match="needs the optimizer as a factory"):
@@ -622,13 +622,7 @@ def test_checkpoints_record_versions_and_backend(tmp_path):
     assert meta["settings"]["kind"] == "fit" and meta["epoch"] in (4, 6)
 
 
-@settings(max_examples=10, deadline=None)
-@given(n=st.integers(20, 120), data=st.data(), seed=st.integers(0, 2**31 - 1))
-def test_resume_from_any_epoch_equals_an_uninterrupted_run(tmp_path_factory, n, data, seed):
-    b = data.draw(st.integers(1, n), label="batch_size")
-    epochs = data.draw(st.integers(2, 8), label="epochs")
-    every = data.draw(st.integers(1, epochs - 1), label="checkpoint_every")
-    folder = tmp_path_factory.mktemp("ckpt")
+def _check_resume_from_the_checkpoint_before_the_last(folder, n, b, epochs, every, seed):
     prob = gd.problems.linear_regression(n=n, d=4, key=jax.random.key(seed))
     it = gd.minibatch(prob.data, b)
     kw = dict(epochs=epochs, key=jax.random.key(seed), learning_rate=0.01, checkpoint_every=every)
@@ -641,6 +635,28 @@ def test_resume_from_any_epoch_equals_an_uninterrupted_run(tmp_path_factory, n, 
     np.testing.assert_array_equal(resumed.epoch_losses, ref.epoch_losses)
     for x, y in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(ref.state), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_resume_from_any_epoch_equals_an_uninterrupted_run(tmp_path_factory, data, seed):
+    """Any checkpoint interval and seed, 3 to 8 epochs (resumed from epoch 2 to 7), on one data shape (37
+    examples, batches of 8, the last ragged): its programs compile once for 4 and once for 8 epochs of history.
+    The slow lane draws the shape as well, and 2 epochs."""
+    epochs = data.draw(st.integers(3, 8), label="epochs")
+    every = data.draw(st.integers(1, epochs - 1), label="checkpoint_every")
+    _check_resume_from_the_checkpoint_before_the_last(tmp_path_factory.mktemp("ckpt"), 37, 8, epochs, every, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(20, 120), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_resume_from_any_epoch_of_any_data_shape(tmp_path_factory, n, data, seed):
+    b = data.draw(st.integers(1, n), label="batch_size")
+    epochs = data.draw(st.integers(2, 8), label="epochs")
+    every = data.draw(st.integers(1, epochs - 1), label="checkpoint_every")
+    _check_resume_from_the_checkpoint_before_the_last(tmp_path_factory.mktemp("ckpt"), n, b, epochs, every, seed)
 
 
 def _child(kind, folder, out, env):
@@ -702,11 +718,15 @@ def test_killed_with_sigkill_and_run_again_is_bit_identical(tmp_path, tmp_path_f
     assert got == ref, where
 
 
-def test_bfloat16_state_round_trips_and_resumes(tmp_path):
+def test_bfloat16_state_round_trips(tmp_path):
     checkpoint.save(tmp_path / "b.npz", {"w": jnp.arange(3, dtype=jnp.bfloat16)})
     tree, _ = checkpoint.restore(tmp_path / "b.npz", {"w": jnp.zeros(3, jnp.bfloat16)})
     assert tree["w"].dtype == jnp.bfloat16 and tree["w"].tolist() == [0, 1, 2]
-    prob = gd.problems.linear_regression(n=64, d=4, key=jax.random.key(0))
+
+
+@pytest.mark.slow  # compiles a bfloat16 Adam run of its own
+def test_a_bfloat16_run_resumes(tmp_path):
+    prob = _shared.linear_problem(64, 4)
     data = {k: jnp.asarray(v, jnp.bfloat16) for k, v in prob.data.items()}
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), MODEL.init(None, 4))
     kw = dict(epochs=4, key=jax.random.key(0), learning_rate=0.01, checkpoint=tmp_path / "run")
@@ -717,9 +737,10 @@ def test_bfloat16_state_round_trips_and_resumes(tmp_path):
     np.testing.assert_array_equal(again.losses, ref.losses)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_other_shapes_is_refused_not_silently_restarted(tmp_path):
     init = lambda width: lambda k: gd.models.mlp((width,)).init(k, 4)  # noqa: E731 - same name, other shapes
-    prob = gd.problems.linear_regression(n=64, d=4, key=jax.random.key(0))
+    prob = _shared.linear_problem(64, 4)
     kw = dict(learning_rates=[0.01], seeds=1, epochs=2, key=jax.random.key(0), checkpoint=tmp_path)
     gd.sweep(gd.models.mlp((3,)).loss, init(3), optax.sgd, gd.minibatch(prob.data, 16), **kw)
     shapes = r"leaf 0 is float32\[1, 3\], expected float32\[1, 5\]\. The run.s parameters or settings changed"

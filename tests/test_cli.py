@@ -8,14 +8,20 @@ would spend most of its time importing JAX.
 
 from __future__ import annotations
 
+import _thread
 import csv
 import dataclasses
 import errno
+import gc
 import io
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import tomllib
 import types
 from pathlib import Path
 
@@ -26,7 +32,7 @@ import pytest
 
 import gdjax as gd
 from gdjax import __version__, cli
-from gdjax.cli import _files, _limits
+from gdjax.cli import _files, _limits, csvdata
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRUE_W, TRUE_B = np.array([1.5, -2.0, 0.5]), 3.0
@@ -130,6 +136,7 @@ def test_sweep_end_to_end(linear_csv: Path, tmp_path: Path) -> None:
     assert _is_png(out / "sweep.png") and _is_png(out / "curves.png")
 
 
+@pytest.mark.slow
 def test_sweep_logistic_standardized_in_process(tmp_path: Path, monkeypatch, capsys) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 2)) * [1.0, 100.0] + [0.0, 500.0]
@@ -203,9 +210,11 @@ def test_help(argv: list[str], expected: list[str], capsys) -> None:
     assert not missing, text
 
 
-def test_no_command_prints_help(capsys) -> None:
+def test_no_command_is_one_error_line(capsys) -> None:
     assert cli.main([]) == 2
-    assert "usage: gdjax" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "gdjax: error: a command is required: demo or sweep (see gdjax --help)\n"
 
 
 GOOD = "a,b,y\n1,2,3\n4,5,6\n7,8,9\n"
@@ -227,6 +236,12 @@ BAD_INPUTS = [
     ("nan", "a,b,y\n1,2,3\n4,nan,6\n", [], ["line 3", "column 'b'", "'nan'", "finite"]),
     ("inf", "a,b,y\n1,2,3\n4,5,-inf\n", [], ["line 3", "column 'y'", "'-inf'", "finite"]),
     ("float32-overflow", "a,b,y\n1,1e39,3\n", [], ["line 2", "column 'b'", "float32"]),
+    ("float32-overflow-barely", "a,b,y\n1,-3.40282357e38,3\n", [], ["'-3.40282357e38' is too large for float32"]),
+    ("underscore-digits", "a,b,y\n1,1_000,3\n", [], ["line 2", "column 'b'", "'1_000' is not a number"]),
+    ("arabic-indic-digit", "a,b,y\n1,2,\u0661\n", [], ["line 2", "column 'y'", "'\u0661' is not a number"]),
+    ("fullwidth-digits", "a,b,y\n\uff11\uff12,2,3\n", [], ["column 'a'", "not a number"]),
+    ("hex-like", "a,b,y\n1,0x10,3\n", [], ["'0x10' is not a number"]),
+    ("infinity-word", "a,b,y\n1,+Infinity,3\n", [], ["'+Infinity' is not a finite number"]),
     ("duplicate-column", "a,a,y\n1,2,3\n", [], ["'a' twice"]),
     ("duplicate-target", "y,a,y\n1,2,3\n", [], ["'y' twice"]),
     ("only-nan-like", "a,b,y\nnan,NaN,inf\n", [], ["line 2", "column 'a'", "'nan'", "finite"]),
@@ -264,7 +279,7 @@ def test_bad_input(contents: str | None, extra: list[str], details: list[str], t
     if contents == "DIR":
         (tmp_path / "data.csv").mkdir()
     elif contents is not None:
-        (tmp_path / "data.csv").write_text(contents)
+        (tmp_path / "data.csv").write_text(contents, encoding="utf-8")
     code = cli.main(["sweep", "data.csv", "--target", "y", "--no-progress", *extra])
     captured = capsys.readouterr()
     assert code == 2
@@ -300,6 +315,34 @@ BAD_OUTPUTS = [
     ("out-name-too-long", None, "data.csv", ["--out", LONG], ["cannot use --out", "too long"]),
     ("data-name-too-long", None, LONG, [], ["cannot read", "too long"]),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", ["3.4028235e38", "-3.4028235e38", "3.40282356e38"])
+def test_float32_max_as_printed_is_read(cell: str, tmp_path: Path) -> None:
+    """``3.4028235e38`` is how float32's largest value prints: a little above it in float64, yet finite in float32."""
+    path = tmp_path / "d.csv"
+    path.write_text(f"a,y\n{cell},1\n1,2\n")
+    x, _, _ = csvdata.load_csv(path, "y")
+    assert np.isfinite(x).all() and abs(x[0, 0]) == np.finfo(np.float32).max
+    limit = csvdata._FLOAT32_OVERFLOW  # the first float64 that float32 rounds to inf, the next below stays finite
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float32(limit)) and np.isfinite(np.float32(np.nextafter(limit, 0.0)))
+
+
+def test_plain_numbers_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,c,d,e,f,y\n 1.5 ,-2,+.5,1e3,7.,2E-2,0\n")
+    x, y, _ = csvdata.load_csv(path, "y")
+    np.testing.assert_array_equal(x, np.array([[1.5, -2, 0.5, 1000, 7, 0.02]], np.float32))
+    assert y.tolist() == [0.0]
+
+
+def test_float32_max_as_printed_is_a_learning_rate(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _no_training(monkeypatch)
+    Path("data.csv").write_text(GOOD)
+    with pytest.raises(TrainedError):  # got past every check
+        cli.main(["sweep", "data.csv", "--target", "y", "--no-progress", "--lr-max", "3.4028235e38"])
 
 
 @pytest.mark.parametrize(
@@ -341,6 +384,28 @@ def test_never_overwrites_its_input(name: str, how: str, tmp_path: Path, monkeyp
     assert data.read_text() == GOOD
 
 
+@pytest.mark.parametrize("link", ["dangling", "to-another-file"])
+@pytest.mark.parametrize("name", ["results.csv", "summary.json", "sweep.png", "curves.png"])
+def test_symlinked_output_refused_before_training(name: str, link: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A dangling link failed only after training; a link to another file had that file overwritten."""
+    monkeypatch.chdir(tmp_path)
+    _no_training(monkeypatch)
+    Path("data.csv").write_text(GOOD)
+    Path("other.csv").write_text("keep me\n")
+    Path("out").mkdir()
+    pointee = "/nonexistent/x" if link == "dangling" else "../other.csv"
+    os.symlink(pointee, Path("out", name))
+    assert cli.main(["sweep", "data.csv", "--target", "y", "--no-progress", "--out", "out"]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured)
+    assert f"{Path('out', name)} is a symbolic link (to {pointee})" in line
+    assert "remove the link or choose another --out" in line
+    assert captured.out == ""
+    assert Path("other.csv").read_text() == "keep me\n"
+    assert [p.name for p in Path("out").iterdir()] == [name]  # nothing written, no probe left behind
+
+
+@pytest.mark.slow  # trains a sweep of its own
 def test_write_failure_after_training_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     """A failure no check can foresee (here sweep.png becomes a folder during training) is still one line."""
     monkeypatch.chdir(tmp_path)
@@ -419,23 +484,32 @@ def test_memory_limit_is_half_the_machine() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "message"),
     [
-        ["sweep", "data.csv"],  # --target is required
-        ["sweep", "data.csv", "--target", "y", "--batch-size", "abc"],
-        ["sweep", "data.csv", "--target", "y", "--model", "tree"],
-        ["sweep", "data.csv", "--target", "y", "--epochs", "1.5"],
-        ["train"],
+        (["sweep", "data.csv"], "the following arguments are required: --target (see gdjax sweep --help)"),
+        (["sweep", "data.csv", "--target", "y", "--batch-size", "abc"], "--batch-size: expected a whole number"),
+        (["sweep", "data.csv", "--target", "y", "--model", "tree"], "invalid choice: 'tree'"),
+        (["sweep", "data.csv", "--target", "y", "--epochs", "1.5"], "invalid int value: '1.5'"),
+        (["sweep", "data.csv", "--target", "y", "--epochs", "1e3"], "argument --epochs: invalid int value: '1e3'"),
+        (["sweep", "data.csv", "--target", "y", "--bogus"], "unrecognized arguments: --bogus (see gdjax sweep --help)"),
+        (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x' (see gdjax demo --help)"),
+        (["train"], "invalid choice: 'train' (choose from 'demo', 'sweep') (see gdjax --help)"),
+        (["--bogus"], "unrecognized arguments: --bogus (see gdjax --help)"),
     ],
-    ids=["no-target", "batch-size-word", "unknown-model", "float-epochs", "unknown-command"],
-)
-def test_argparse_errors(argv: list[str], capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("gdjax") and "error" in last and "Traceback" not in err
+    ids=[
+        "no-target", "batch-size-word", "unknown-model", "float-epochs", "exponent-epochs", "unknown-option",
+        "demo-seed-word", "unknown-command", "unknown-option-no-command",
+    ],
+)  # fmt: skip
+def test_argparse_errors_are_one_line(argv: list[str], message: str, capsys) -> None:
+    """argparse's own errors too: no usage lines, one ``gdjax: error:`` line naming the help to read, status 2."""
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    line = _one_error_line(captured)
+    assert message in line and line.endswith("--help)")
+    command = argv[0] if argv[0] in ("demo", "sweep") else None
+    assert line.endswith(f"(see gdjax {command} --help)" if command else "(see gdjax --help)")
 
 
 def test_gdjax_errors_become_one_line(linear_csv: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -447,6 +521,75 @@ def test_gdjax_errors_become_one_line(linear_csv: Path, tmp_path: Path, monkeypa
     assert capsys.readouterr().err == "gdjax: error: data is not right: fix it.\n"
 
 
+def test_console_script_is_the_entry() -> None:
+    """``gdjax`` (the console script) and ``python -m gdjax`` both go through :func:`gdjax.cli.entry`."""
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {"gdjax": "gdjax.cli:entry"}
+    assert "entry()" in (Path(cli.__file__).parents[1] / "__main__.py").read_text()
+
+
+def test_ctrl_c_in_a_gc_callback_is_put_off(monkeypatch) -> None:
+    """Raised in a garbage-collector callback (JAX has one), KeyboardInterrupt would be dropped: it is put off."""
+    fired: list[int] = []
+    monkeypatch.setattr(_thread, "interrupt_main", lambda: fired.append(1))  # not the test run's main thread
+    outcomes: list[str] = []
+
+    def callback(phase, info):
+        try:
+            cli._on_ctrl_c(signal.SIGINT, sys._getframe())
+        except KeyboardInterrupt:
+            outcomes.append("raised")
+        else:
+            outcomes.append("put off")
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert outcomes and set(outcomes) == {"put off"}
+    for _ in range(500):  # the timers interrupt the main thread again a moment later
+        if len(fired) == len(outcomes):
+            break
+        threading.Event().wait(0.01)
+    assert len(fired) == len(outcomes)
+    with pytest.raises(KeyboardInterrupt):  # anywhere else, at once
+        cli._on_ctrl_c(signal.SIGINT, sys._getframe())
+
+
+def _readline_within(stream, seconds: float) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    return lines.get(timeout=seconds)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_compiling_exits_130(linear_csv: Path, tmp_path: Path) -> None:
+    """Ctrl-C once the header is out (the program is being traced and compiled): one line and status 130.
+
+    It used to die by SIGSEGV in the interpreter's teardown, or, when the
+    interrupt landed in JAX's garbage-collector callback, lose it and train on.
+    """
+    args = ["sweep", str(linear_csv), "--target", "y", "--model", "mlp", "--num-lrs", "4", "--epochs", "100000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gdjax", *args, "--no-progress", "--out", "out"],
+        cwd=tmp_path, env={**os.environ, "MPLBACKEND": "Agg"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        header = _readline_within(proc.stdout, 120)
+        assert header.startswith("gdjax sweep: MLP regression"), header
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, err) == (130, "gdjax: interrupted\n")
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.slow
 def test_bad_input_exit_code_in_subprocess(linear_csv: Path, tmp_path: Path) -> None:
     proc = _run(["sweep", str(linear_csv), "--target", "price"], tmp_path)
     assert proc.returncode == 2
@@ -502,6 +645,7 @@ def _cp1252() -> io.TextIOWrapper:
     return io.TextIOWrapper(io.BytesIO(), encoding="cp1252")  # errors="strict", as a Windows console
 
 
+@pytest.mark.slow  # trains a sweep of its own
 def test_unencodable_names_on_a_cp1252_terminal(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("omega.csv").write_text("a,b,\u03a9\n1,2,3\n4,5,6\n7,8,9\n", encoding="utf-8")
@@ -520,6 +664,7 @@ def test_unencodable_names_on_a_cp1252_terminal(tmp_path: Path, monkeypatch) -> 
     assert stdout.errors == "strict" and stderr.errors == "strict"  # put back as they were
 
 
+@pytest.mark.slow
 def test_unencodable_names_in_a_subprocess(tmp_path: Path) -> None:
     """The real standard output of a cp1252 console (standard error escapes on its own)."""
     Path(tmp_path, "omega.csv").write_text("a,b,\u03a9\n1,2,3\n4,5,6\n", encoding="utf-8")

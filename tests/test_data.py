@@ -11,43 +11,85 @@ from hypothesis import strategies as st
 
 import gdjax as gd
 
+MAX_EPOCH = 2**31 - 1  # epochs are int32 in the compiled order
+
 
 def _data(n, d=3):
     return {"x": np.arange(n * d, dtype=np.float32).reshape(n, d), "id": np.arange(n, dtype=np.int32)}
 
 
+# One program per iterator spec (N, B, shuffle, drop_remainder), kept for the session: the key and the epoch are
+# traced, so examples of the same spec run it again instead of compiling another.
+_epoch_indices = jax.jit(lambda it, key, epoch: it.epoch_indices(key, epoch))
+
+
 def _epoch_ids(it, key, epoch):
     """Example ids each epoch visits, with padding removed, from the compiled face."""
-    idx, mask = jax.jit(it.epoch_indices)(key, epoch)
+    idx, mask = _epoch_indices(it, key, epoch)
     idx, mask = np.asarray(idx), np.asarray(mask)
     assert idx.shape == mask.shape == (it.num_batches, it.batch_size)
     return idx[mask]
 
 
-@settings(max_examples=80, deadline=None)
-@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**31 - 1), shuffle=st.booleans())
-def test_every_example_exactly_once_per_epoch(n, data, seed, shuffle):
-    b = data.draw(st.integers(1, n), label="batch_size")
+# (N, batch size) for the fast lane, each a program compiled once: one example; the smallest domain of the
+# shuffle, in one full batch; a ragged last batch and cycle walking; a power of two split evenly (no walking, no
+# padding); one example past a power of two (15 padded slots, the most walking); a typical ragged size; SGD.
+# The slow lane draws any N and batch size.
+SIZES = [(1, 1), (2, 2), (7, 3), (16, 4), (17, 16), (100, 7), (300, 1)]
+
+
+def _check_every_example_once(n, b, seed, shuffle, first_epoch):
     it = gd.minibatch(_data(n), b, shuffle=shuffle)
     assert it.num_batches == -(-n // b)
-    for epoch in range(2):
+    for epoch in (first_epoch, first_epoch + 1):
         ids = _epoch_ids(it, jax.random.key(seed), epoch)
         np.testing.assert_array_equal(np.sort(ids), np.arange(n))
     # only the last batch is ragged, and its padding is exactly the remainder
-    _, mask = it.epoch_indices(jax.random.key(seed), 0)
+    _, mask = _epoch_indices(it, jax.random.key(seed), first_epoch)
     assert int((~np.asarray(mask)).sum()) == (-n) % b
     assert np.asarray(mask)[:-1].all()
 
 
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**31 - 1))
-def test_drop_remainder_drops_exactly_n_mod_b(n, data, seed):
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.sampled_from(SIZES),
+    seed=st.integers(0, 2**31 - 1),
+    shuffle=st.booleans(),
+    first_epoch=st.integers(0, MAX_EPOCH - 1),
+)
+def test_every_example_exactly_once_per_epoch(size, seed, shuffle, first_epoch):
+    _check_every_example_once(*size, seed, shuffle, first_epoch)
+
+
+@pytest.mark.slow
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**31 - 1), shuffle=st.booleans())
+def test_every_example_exactly_once_per_epoch_of_any_size(n, data, seed, shuffle):
     b = data.draw(st.integers(1, n), label="batch_size")
+    _check_every_example_once(n, b, seed, shuffle, 0)
+
+
+def _check_drops_n_mod_b(n, b, seed, epoch):
     it = gd.minibatch(_data(n), b, drop_remainder=True)
     assert it.num_batches == n // b
-    ids = _epoch_ids(it, jax.random.key(seed), 0)
+    ids = _epoch_ids(it, jax.random.key(seed), epoch)
     assert len(ids) == len(set(ids.tolist())) == n - n % b
     assert it.examples_per_epoch == n - n % b
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None)
+@given(size=st.sampled_from(SIZES), seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, MAX_EPOCH))
+def test_drop_remainder_drops_exactly_n_mod_b(size, seed, epoch):
+    _check_drops_n_mod_b(*size, seed, epoch)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_drop_remainder_drops_exactly_n_mod_b_of_any_size(n, data, seed):
+    b = data.draw(st.integers(1, n), label="batch_size")
+    _check_drops_n_mod_b(n, b, seed, 0)
 
 
 @settings(max_examples=30, deadline=None)
@@ -57,7 +99,11 @@ def test_sgd_takes_n_steps_and_full_batch_one(n):
     assert gd.stochastic(_data(n)).batch_size == 1
     full = gd.full_batch(_data(n))
     assert (full.num_batches, full.batch_size) == (1, n)
-    batches = list(full.iterate(jax.random.key(0)))
+
+
+@pytest.mark.parametrize("n", [2, 7, 300])  # iterate compiles a program per N: three of them
+def test_full_batch_is_the_data_in_storage_order(n):
+    batches = list(gd.full_batch(_data(n)).iterate(jax.random.key(0)))
     assert len(batches) == 1
     np.testing.assert_array_equal(np.asarray(batches[0].data["id"]), np.arange(n))
 
@@ -78,20 +124,28 @@ def test_unshuffled_is_storage_order():
     assert ids == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
-@pytest.mark.parametrize(("n", "b", "drop"), [(10, 4, False), (10, 4, True), (7, 7, False), (9, 1, False)])
+@pytest.mark.parametrize(
+    ("n", "b", "drop"),
+    [
+        (10, 4, False),  # a padded last batch
+        (10, 4, True),  # a dropped remainder
+        pytest.param(7, 7, False, marks=pytest.mark.slow),  # one full batch
+        pytest.param(9, 1, False, marks=pytest.mark.slow),  # single examples
+    ],
+)
 def test_host_face_equals_compiled_faces(n, b, drop):
     """iterate(), epoch_indices + gather inside jit, and init/next inside scan give the same batches."""
     it = gd.minibatch(_data(n), b, drop_remainder=drop)
     key = jax.random.key(42)
+
+    @jax.jit  # the epoch is traced: one program for both epochs
+    def compiled(it, epoch):
+        idx, mask = it.epoch_indices(key, epoch)
+        return jax.vmap(it.gather)(idx, mask)
+
     for epoch in range(2):
         host = list(it.iterate(key, epoch=epoch))
         assert len(host) == it.num_batches
-
-        @jax.jit
-        def compiled(it, epoch):
-            idx, mask = it.epoch_indices(key, epoch)
-            return jax.vmap(it.gather)(idx, mask)
-
         stacked = compiled(it, epoch)
         for i, batch in enumerate(host):
             np.testing.assert_array_equal(batch.mask, stacked.mask[i])
@@ -114,11 +168,12 @@ def test_host_face_equals_compiled_faces(n, b, drop):
 def test_resume_mid_epoch_from_state():
     it = gd.minibatch(_data(50), 8)
     key = jax.random.key(1)
+    step = jax.jit(lambda it, state: it.next(state))  # one program for the four steps
     state = it.init(key)
     for _ in range(3):
-        _, state = it.next(state)
+        _, state = step(it, state)
     restored = gd.IteratorState(*[jnp.asarray(np.asarray(x)) if i else x for i, x in enumerate(state)])
-    resumed = [it.next(restored)[0].data["id"]]
+    resumed = [step(it, restored)[0].data["id"]]
     expected = next(it.iterate(key, 0, start=3)).data["id"]
     np.testing.assert_array_equal(resumed[0], expected)
 
@@ -138,6 +193,7 @@ def test_pytree_data_of_tuples_and_jax_arrays():
     assert isinstance(batch.data, tuple) and batch.data[0].shape == (4, 2) and batch.data[1].shape == (4,)
 
 
+@pytest.mark.slow  # compiles two runs of its own
 def test_data_placed_on_device_once(capfd):
     """minibatch puts the data on the device; iterate and fit use those buffers and never send the data again."""
     import optax

@@ -8,27 +8,20 @@ import pytest
 
 import gdjax as gd
 
-MODEL = gd.models.linear()
-
-
-def _setup():
-    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
-    return MODEL.init(None, 3), gd.minibatch(prob.data, 16)
-
 
 @pytest.mark.parametrize("lr", [1e-46, 1e-300])
-def test_a_learning_rate_that_is_zero_in_float32_is_refused(compiles, lr):
-    p, it = _setup()
+def test_a_learning_rate_that_is_zero_in_float32_is_refused(compiles, lr, linear, small_run):
+    p, it = small_run
     with compiles() as c, pytest.raises(ValueError, match=r"learning_rate is .*, which is 0 in float32"):
-        gd.fit(MODEL.loss, p, optax.sgd, it, epochs=1, key=jax.random.key(0), learning_rate=lr)
+        gd.fit(linear.loss, p, optax.sgd, it, epochs=1, key=jax.random.key(0), learning_rate=lr)
     with pytest.raises(ValueError, match=r"learning_rates \(entry 1\) is .*, which is 0 in float32"):
-        gd.sweep(MODEL.loss, p, optax.sgd, it, learning_rates=[0.1, lr], epochs=1, key=jax.random.key(0))
+        gd.sweep(linear.loss, p, optax.sgd, it, learning_rates=[0.1, lr], epochs=1, key=jax.random.key(0))
     assert c.count == 0
 
 
-def test_zero_itself_is_still_a_learning_rate():
-    p, it = _setup()
-    res = gd.fit(MODEL.loss, p, optax.sgd, it, epochs=1, key=jax.random.key(0), learning_rate=0.0)
+def test_zero_itself_is_still_a_learning_rate(linear, small_run):
+    p, it = small_run
+    res = gd.fit(linear.loss, p, optax.sgd, it, epochs=1, key=jax.random.key(0), learning_rate=0.0)
     assert res.final_loss == res.initial_loss
 
 
@@ -67,17 +60,17 @@ def test_seed_keys_takes_numpy_and_jax_integers_as_the_same_seed():
         np.testing.assert_array_equal(jax.random.key_data(gd.seed_keys(key, seed)[0]), ref)
 
 
-def test_has_aux_with_a_plain_loss_says_what_came_back_not_a_tracer_class():
-    p, it = _setup()
+def test_has_aux_with_a_plain_loss_says_what_came_back_not_a_tracer_class(linear, small_run):
+    p, it = small_run
     with pytest.raises(TypeError, match=r"returned one array of shape \(\) and dtype float32") as info:
-        gd.fit(MODEL.loss, p, optax.sgd, it, epochs=1, key=jax.random.key(0), learning_rate=0.1, has_aux=True)
+        gd.fit(linear.loss, p, optax.sgd, it, epochs=1, key=jax.random.key(0), learning_rate=0.1, has_aux=True)
     assert "Tracer" not in str(info.value)
 
 
-def test_a_resumed_finished_run_shows_its_real_epoch_on_the_bar(tmp_path, capsys):
-    p, it = _setup()
+def test_a_resumed_finished_run_shows_its_real_epoch_on_the_bar(tmp_path, capsys, linear, small_run):
+    p, it = small_run
     run = lambda **kw: gd.fit(  # noqa: E731
-        MODEL.loss, p, optax.sgd, it, epochs=4, key=jax.random.key(0), learning_rate=0.1, checkpoint=tmp_path, **kw
+        linear.loss, p, optax.sgd, it, epochs=4, key=jax.random.key(0), learning_rate=0.1, checkpoint=tmp_path, **kw
     )
     run()
     again = run(progress=True)

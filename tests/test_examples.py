@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # each script trains its models with its defaults: seconds each
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -1,5 +1,6 @@
 """Long runs: memory that follows the epochs run, and epoch counts that cannot run refused up front."""
 
+import _shared
 import jax
 import numpy as np
 import optax
@@ -8,7 +9,7 @@ import pytest
 import gdjax as gd
 from gdjax import _config, _program
 
-MODEL = gd.models.linear()
+MODEL = _shared.LINEAR
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def small_history(monkeypatch):
 
 
 def _setup_problem():
-    prob = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
+    prob = _shared.linear_problem(64, 3)
     return prob, MODEL.init(jax.random.key(1), 3), gd.minibatch(prob.data, 10)
 
 
@@ -49,6 +50,7 @@ def reference():
     return fits, sw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_every", [1, 3])
 def test_a_fit_longer_than_the_programs_history_equals_one_that_fits_it(reference, small_history, log_every):
     _, p, it = _setup_problem()
@@ -60,6 +62,7 @@ def test_a_fit_longer_than_the_programs_history_equals_one_that_fits_it(referenc
     assert seg.num_steps == ref.num_steps == 37 * 7
 
 
+@pytest.mark.slow
 def test_a_chunked_sweep_whose_chunks_stop_at_different_epochs_joins_its_histories(reference, small_history):
     _, p, it = _setup_problem()
     sw = gd.sweep(
@@ -81,6 +84,7 @@ def test_a_chunked_sweep_whose_chunks_stop_at_different_epochs_joins_its_histori
     np.testing.assert_array_equal(sw.num_epochs, ref.num_epochs)
 
 
+@pytest.mark.slow
 def test_a_resumed_long_run_equals_an_uninterrupted_one(reference, small_history, tmp_path):
     _, p, it = _setup_problem()
     kw = {"log_every": 3, "checkpoint": tmp_path, "checkpoint_every": 5}
@@ -97,6 +101,7 @@ def test_a_resumed_long_run_equals_an_uninterrupted_one(reference, small_history
         np.testing.assert_array_equal(res.params["w"], ref.params["w"])
 
 
+@pytest.mark.slow
 def test_a_long_sweep_stopped_by_tol_keeps_only_the_history_it_ran():
     prob, p, _ = _setup_problem()
     it = gd.minibatch(prob.data, 8)

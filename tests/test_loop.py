@@ -1,5 +1,6 @@
 """fit: known answers, equality with hand-written loops, stability, compilation."""
 
+import _shared
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +9,13 @@ import pytest
 
 import gdjax as gd
 
-MODEL = gd.models.linear()
+MODEL = _shared.LINEAR
 
 
 def _problem(n=512, d=6, seed=0, **kw):
-    return gd.problems.linear_regression(n=n, d=d, key=jax.random.key(seed), **kw)
+    if kw:  # another dtype or spectrum: a problem of this test's own
+        return gd.problems.linear_regression(n=n, d=d, key=jax.random.key(seed), **kw)
+    return _shared.linear_problem(n, d, seed)
 
 
 def _rel_err(params, solution):
@@ -47,7 +50,7 @@ def test_batch_gd_reaches_least_squares_in_float32():
         MODEL.init(jax.random.key(0), 6),
         optax.sgd,
         gd.full_batch(prob.data),
-        epochs=300,
+        epochs=1000,  # as in the tol test below: one compiled program for both
         key=jax.random.key(0),
         learning_rate=1.0 / prob.lipschitz,
     )
@@ -77,8 +80,16 @@ def _hand_written(loss_fn, params, opt, it, key, epochs):
     return params, np.array(losses)
 
 
-@pytest.mark.parametrize(("factory", "lr"), [(optax.sgd, 0.05), (optax.adam, 0.01)])
-@pytest.mark.parametrize("batch_size", [32, 50])  # ragged last batches: 400 % 32 = 16, 417 % 50 = 17
+@pytest.mark.parametrize(
+    ("factory", "lr", "batch_size"),  # ragged last batches: 400 % 32 = 16, 417 % 50 = 17
+    [
+        pytest.param(optax.adam, 0.01, 50, id="50-adam-0.01"),  # the fast lane's: a stateful optimizer, ragged
+        pytest.param(optax.adam, 0.01, 32, id="32-adam-0.01", marks=pytest.mark.slow),
+        pytest.param(optax.sgd, 0.05, 32, id="32-sgd-0.05", marks=pytest.mark.slow),
+        pytest.param(optax.sgd, 0.05, 50, id="50-sgd-0.05", marks=pytest.mark.slow),
+    ],
+)
+@pytest.mark.slow
 def test_fit_equals_hand_written_optax_loop(factory, lr, batch_size):
     prob = _problem(n=400 + (batch_size == 50) * 17)
     it = gd.minibatch(prob.data, batch_size)
@@ -131,6 +142,7 @@ def test_tol_stops_early_and_reports_convergence():
     assert res.epoch_losses[-1] <= 1.01 * prob.min_loss < res.epoch_losses[-2]
 
 
+@pytest.mark.slow
 def test_log_every_averages_windows_across_epochs():
     prob = _problem(n=100)
     it = gd.minibatch(prob.data, 16)  # 7 steps per epoch, windows of 3 cross epoch boundaries
@@ -144,8 +156,8 @@ def test_log_every_averages_windows_across_epochs():
 
 
 def test_same_key_bit_identical_other_key_differs():
-    prob = _problem()
-    args = (MODEL.loss, MODEL.init(jax.random.key(0), 6), optax.sgd, gd.minibatch(prob.data, 32))
+    prob = _problem(n=64)  # 64 examples in batches of 8, 2 epochs: the program of the bad-argument tests below
+    args = (MODEL.loss, MODEL.init(jax.random.key(0), 6), optax.sgd, gd.minibatch(prob.data, 8))
     a = gd.fit(*args, epochs=2, key=jax.random.key(5), learning_rate=0.05)
     b = gd.fit(*args, epochs=2, key=jax.random.key(5), learning_rate=0.05)
     c = gd.fit(*args, epochs=2, key=jax.random.key(6), learning_rate=0.05)
@@ -154,6 +166,7 @@ def test_same_key_bit_identical_other_key_differs():
     assert not np.array_equal(a.losses, c.losses)
 
 
+@pytest.mark.slow
 def test_no_recompile_for_new_learning_rate_key_tol_or_epochs(compiles):
     prob = _problem()
     it = gd.minibatch(prob.data, 30)  # ragged last batch
@@ -204,7 +217,7 @@ def test_divergence_in_fit_keeps_last_finite_params():
         MODEL.init(jax.random.key(0), 6),
         optax.sgd,
         gd.minibatch(prob.data, 8),
-        epochs=50,
+        epochs=2,  # the run of the bad-argument tests below, whose program it shares: it diverges in the first
         key=jax.random.key(0),
         learning_rate=1e6,
     )
@@ -214,6 +227,7 @@ def test_divergence_in_fit_keeps_last_finite_params():
     assert np.isnan(res.losses[res.diverged_at + 1 :]).all()
 
 
+@pytest.mark.slow
 def test_result_records_time_and_examples():
     prob = _problem(n=100)
 
@@ -238,6 +252,7 @@ def test_result_records_time_and_examples():
     assert again.compile_time == 0.0 and again.wall_time > 0  # the cached program
 
 
+@pytest.mark.slow
 def test_runs_under_strict_dtype_promotion(strict_dtypes):
     prob = _problem(n=64)
     res = gd.fit(
@@ -400,6 +415,7 @@ print(h.hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_same_key_bit_identical_in_two_fresh_processes():
     import subprocess
     import sys

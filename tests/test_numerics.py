@@ -18,7 +18,7 @@ def _logistic_f16(n):
     return model, params, {"x": x, "y": y}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float16, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 def test_low_precision_losses_over_more_than_65504_examples_are_means_not_nan_or_zero(dtype):
     n = 70_000  # past float16's largest finite value, so a float16 count is inf
     model, params, data = _logistic_f16(n)

@@ -12,16 +12,18 @@ import pytest
 
 import gdjax as gd
 
-MODEL = gd.models.linear()
-PROB = gd.problems.linear_regression(n=300, d=3, key=jax.random.key(0))
+
+@pytest.fixture(scope="module")
+def problem(linear_problem):
+    return linear_problem(300, 3)
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(linear, problem):
     def fit(it, lr, epochs):
         return gd.fit(
-            MODEL.loss,
-            MODEL.init(None, 3),
+            linear.loss,
+            linear.init(None, 3),
             optax.sgd,
             it,
             epochs=epochs,
@@ -30,19 +32,19 @@ def runs():
         )
 
     return {
-        "batch GD": fit(gd.full_batch(PROB.data), 0.5, 30),
-        "SGD": fit(gd.stochastic(PROB.data), 0.01, 3),
-        "mini-batch 32": fit(gd.minibatch(PROB.data, 32), 0.1, 5),
+        "batch GD": fit(gd.full_batch(problem.data), 0.5, 30),
+        "SGD": fit(gd.stochastic(problem.data), 0.01, 3),
+        "mini-batch 32": fit(gd.minibatch(problem.data, 32), 0.1, 5),
     }
 
 
 @pytest.fixture(scope="module")
-def swept():
+def swept(linear, problem):
     return gd.sweep(
-        MODEL.loss,
-        MODEL.init(None, 3),
+        linear.loss,
+        linear.init(None, 3),
         optax.sgd,
-        gd.minibatch(PROB.data, 32),
+        gd.minibatch(problem.data, 32),
         learning_rates=np.geomspace(1e-3, 1e3, 12),
         epochs=3,
         key=jax.random.key(2),
@@ -58,6 +60,7 @@ def _saved(ax, tmp_path, name):
     return path
 
 
+@pytest.mark.slow
 def test_importing_gdjax_does_not_import_matplotlib():
     code = "import sys, gdjax; assert 'matplotlib' not in sys.modules; gdjax.plot; assert 'matplotlib' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -131,12 +134,12 @@ def test_curves_one_line_per_member_with_colour_bar(swept, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def grid():
+def grid(linear, problem):
     return gd.sweep(
-        MODEL.loss,
-        MODEL.init(None, 3),
+        linear.loss,
+        linear.init(None, 3),
         optax.sgd,
-        gd.minibatch(PROB.data, 32),
+        gd.minibatch(problem.data, 32),
         learning_rates=[0.01, 0.1, 1000.0],
         hyperparams={"momentum": [0.0, 0.5, 0.9]},
         grid=True,
@@ -145,6 +148,7 @@ def grid():
     )
 
 
+@pytest.mark.slow  # the grid sweep is a program of its own
 def test_heatmap_of_a_grid(grid, tmp_path):
     sw = grid
     ax = gd.plot.heatmap(sw)
@@ -218,7 +222,13 @@ DEGENERATE = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", DEGENERATE)
+# Each case draws and saves three figures (about a second): two in the fast lane, the others in the slow one.
+FAST_DEGENERATE = {"huge-lrs", "all-nan"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=() if c in FAST_DEGENERATE else pytest.mark.slow) for c in DEGENERATE]
+)
 def test_sweep_plots_never_raise(swept, case, tmp_path):
     """Any valid result draws and saves, without a warning (the suite turns warnings into errors)."""
     sw = _degenerate(swept, case)
@@ -252,6 +262,7 @@ def test_sweep_plots_never_raise(swept, case, tmp_path):
         assert all(len(line.get_xdata()) == 0 for line in lines.get_lines())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["all-diverged", "equal-losses", "tiny-losses"])
 def test_heatmap_never_raises(grid, case, tmp_path):
     n = grid.num_members

@@ -9,18 +9,15 @@ import optax
 import gdjax as gd
 from gdjax import progress
 
-MODEL = gd.models.linear()
-PROB = gd.problems.linear_regression(n=64, d=3, key=jax.random.key(0))
 
-
-def test_fit_progress_in_chunks_changes_nothing(capsys, monkeypatch):
+def test_fit_progress_in_chunks_changes_nothing(capsys, monkeypatch, linear, small_problem):
     calls = []
     original = progress.ProgressBar.update
     monkeypatch.setattr(progress.ProgressBar, "update", lambda self, *a: (calls.append(a), original(self, *a)))
     kw = dict(epochs=250, key=jax.random.key(1), learning_rate=0.01)
-    it = gd.minibatch(PROB.data, 16)
-    quiet = gd.fit(MODEL.loss, MODEL.init(None, 3), optax.sgd, it, **kw)
-    shown = gd.fit(MODEL.loss, MODEL.init(None, 3), optax.sgd, it, progress=True, **kw)
+    it = gd.minibatch(small_problem.data, 16)
+    quiet = gd.fit(linear.loss, linear.init(None, 3), optax.sgd, it, **kw)
+    shown = gd.fit(linear.loss, linear.init(None, 3), optax.sgd, it, progress=True, **kw)
     np.testing.assert_array_equal(quiet.losses, shown.losses)
     np.testing.assert_array_equal(quiet.epoch_losses, shown.epoch_losses)
     assert "fit: epoch 250/250 [" in capsys.readouterr().err
@@ -29,19 +26,19 @@ def test_fit_progress_in_chunks_changes_nothing(capsys, monkeypatch):
     # one epoch per call: 250 calls of the same compiled program, bit-identical results
     calls.clear()
     monkeypatch.setattr(progress, "MIN_INTERVAL", 0.0)
-    stepped = gd.fit(MODEL.loss, MODEL.init(None, 3), optax.sgd, it, progress=True, **kw)
+    stepped = gd.fit(linear.loss, linear.init(None, 3), optax.sgd, it, progress=True, **kw)
     assert [c[0] for c in calls] == list(range(1, 251))
     np.testing.assert_array_equal(quiet.losses, stepped.losses)
     np.testing.assert_array_equal(quiet.params["w"], stepped.params["w"])
     assert stepped.compile_time == 0.0
 
 
-def test_sweep_shows_one_bar_for_all_members(capsys):
+def test_sweep_shows_one_bar_for_all_members(capsys, linear, small_problem):
     gd.sweep(
-        MODEL.loss,
-        MODEL.init(None, 3),
+        linear.loss,
+        linear.init(None, 3),
         optax.sgd,
-        gd.minibatch(PROB.data, 16),
+        gd.minibatch(small_problem.data, 16),
         learning_rates=np.geomspace(1e-3, 1e4, 16),
         epochs=5,
         key=jax.random.key(0),
@@ -69,15 +66,15 @@ def test_bar_redraws_in_place_on_a_terminal_and_rate_limits():
     assert text.rstrip().endswith("s") and "1000/1000" in text.split("\r")[-1]
 
 
-def test_progress_must_be_a_bool():
+def test_progress_must_be_a_bool(linear, small_problem):
     import pytest
 
     with pytest.raises(TypeError, match="progress must be True or False"):
         gd.fit(
-            MODEL.loss,
-            MODEL.init(None, 3),
+            linear.loss,
+            linear.init(None, 3),
             optax.sgd,
-            gd.full_batch(PROB.data),
+            gd.full_batch(small_problem.data),
             epochs=1,
             key=jax.random.key(0),
             learning_rate=0.1,

@@ -29,16 +29,19 @@ def test_ragged_batch_loss_and_gradient_are_exact():
     it = gd.minibatch(data, 4, shuffle=False)
     last = list(it.iterate(jax.random.key(0)))[-1]  # examples 8, 9 and two padded slots
     opt = optax.sgd(0.1)
-    state, metrics = gd.make_step(_loss, opt)(gd.init(_params(), opt), last)
+    # compiled (test_jitted_and_unjitted_step_agree runs the step op by op): one program, not one per operation
+    state, metrics = jax.jit(gd.make_step(_loss, opt))(gd.init(_params(), opt), last)
     real = {"x": data["x"][8:], "y": data["y"][8:]}
-    expected_loss = np.mean([float(_loss(_params(), {"x": real["x"][i], "y": real["y"][i]})) for i in range(2)])
+    per_example = jax.jit(jax.vmap(_loss, (None, 0)))(_params(), real)
+    expected_loss = np.mean([float(per_example[i]) for i in range(2)])
     np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-6)
-    grad = jax.grad(lambda p: jnp.mean(jax.vmap(_loss, (None, 0))(p, real)))(_params())
+    grad = jax.jit(jax.grad(lambda p: jnp.mean(jax.vmap(_loss, (None, 0))(p, real))))(_params())
     expected_w = _params()["w"] - 0.1 * grad["w"]
     np.testing.assert_allclose(state.params["w"], expected_w, rtol=1e-6)
     assert int(state.step) == 1
 
 
+@pytest.mark.slow
 def test_jitted_and_unjitted_step_agree():
     data = _problem(12)
     opt = optax.adam(0.05)
@@ -75,6 +78,7 @@ def test_any_optax_optimizer_reduces_the_loss(opt):
     assert float(m["loss"]) < 0.2 * float(first)
 
 
+@pytest.mark.slow
 def test_nested_pytree_params_and_aux():
     model = gd.models.mlp((4, 3), num_outputs=2, task="classification")
     params = model.init(jax.random.key(0), 2)
@@ -91,11 +95,12 @@ def test_nested_pytree_params_and_aux():
     state, metrics = jax.jit(gd.make_step(loss, opt, has_aux=True))(
         gd.init(params, opt), next(gd.minibatch(data, 9).iterate(jax.random.key(0)))
     )
-    acc = np.mean(np.argmax(jax.vmap(model.apply, (None, 0))(params, data["x"]), -1) == data["y"])
+    acc = np.mean(np.argmax(jax.jit(jax.vmap(model.apply, (None, 0)))(params, data["x"]), -1) == data["y"])
     np.testing.assert_allclose(metrics["aux"]["correct"], acc, rtol=1e-6)
     assert jax.tree.structure(state.params) == jax.tree.structure(params)
 
 
+@pytest.mark.slow
 def test_batched_loss_option():
     data = _problem(10)
 
@@ -157,6 +162,7 @@ def test_aux_of_any_shape_is_averaged_over_the_real_examples():
         gd.make_step(_loss, opt, has_aux=True)(gd.init(_params(), opt), batch)
 
 
+@pytest.mark.slow
 def test_hyperparameters_of_another_float_dtype_do_not_promote_the_optimizer_state():
     """With x64 on, a traced learning rate is float64; float32 params and their momentum stay float32."""
     with jax.enable_x64(True):

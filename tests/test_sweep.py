@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import _shared
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 
 import gdjax as gd
 
-MODEL = gd.models.linear()
-PROB = gd.problems.linear_regression(n=200, d=5, key=jax.random.key(0))
+MODEL = _shared.LINEAR
+PROB = _shared.linear_problem(200, 5)
 P0 = MODEL.init(None, 5)
 IT = gd.minibatch(PROB.data, 32)  # ragged: 200 % 32 = 8
 
@@ -37,6 +38,7 @@ def _close(a, b, **kw):
         np.testing.assert_allclose(x, y, **kw)
 
 
+@pytest.mark.slow  # the fast lane compares members with fit in test_tol_stops_each_member_on_its_own
 @pytest.mark.parametrize(
     ("factory", "lrs", "hp"),
     [(optax.sgd, [0.01, 0.05, 0.2], {"momentum": [0.0, 0.5, 0.9]}), (optax.adam, [1e-3, 1e-2, 1e-1], {"b1": 0.8})],
@@ -53,6 +55,7 @@ def test_member_k_equals_fit_with_its_hyperparameters(factory, lrs, hp):
         assert sw.num_steps[k] == res.num_steps
 
 
+@pytest.mark.slow
 def test_divergent_member_is_frozen_and_does_not_touch_the_others():
     lrs = np.array([0.01, 0.1, 1e4, 0.3, 1e6])
     sw = gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=lrs, epochs=4, key=jax.random.key(1))
@@ -79,6 +82,7 @@ def test_divergent_member_is_frozen_and_does_not_touch_the_others():
     assert np.isnan(sw.losses[k, sw.diverged_at[k] + 1 :]).all()
 
 
+@pytest.mark.slow
 def test_full_batch_stability_boundary_is_two_over_lipschitz():
     """256 log-spaced step sizes across 2/L: settled below the boundary, diverged above, within one grid step."""
     prob = gd.problems.linear_regression(n=128, d=4, key=jax.random.key(3), scales=[2.0, 1.0, 0.5, 0.3])
@@ -102,6 +106,7 @@ def test_full_batch_stability_boundary_is_two_over_lipschitz():
     assert (sw.final_loss[settled] < 1.01 * prob.min_loss).all()
 
 
+@pytest.mark.slow
 def test_tol_stops_each_member_on_its_own():
     lrs = [0.005, 0.05, 0.5]
     sw = gd.sweep(
@@ -131,6 +136,7 @@ def test_tol_stops_each_member_on_its_own():
         assert np.isnan(sw.epoch_losses[k, res.num_epochs :]).all()
 
 
+@pytest.mark.slow
 def test_chunks_give_the_same_results_and_share_one_program(compiles):
     lrs = np.geomspace(1e-3, 1.0, 11)
     whole = gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=lrs, epochs=2, key=jax.random.key(2))
@@ -142,6 +148,7 @@ def test_chunks_give_the_same_results_and_share_one_program(compiles):
     assert c.count == 0
 
 
+@pytest.mark.slow  # in the fast lane: test_chunks_give_the_same_results_and_share_one_program, and fit's own
 def test_no_recompile_for_new_values_key_or_seeds(compiles):
     kw = {"epochs": 3, "hyperparams": {"momentum": [0.0, 0.9]}, "grid": True}
     init = lambda k: MODEL.init(k, 5)  # noqa: E731
@@ -162,6 +169,7 @@ def test_no_recompile_for_new_values_key_or_seeds(compiles):
     assert c.count == 0
 
 
+@pytest.mark.slow
 def test_grid_zip_and_seeds_layout():
     sw = gd.sweep(
         MODEL.loss,
@@ -194,6 +202,7 @@ def test_grid_zip_and_seeds_layout():
         )
 
 
+@pytest.mark.slow
 def test_seeded_member_equals_fit_with_its_seed_keys():
     init = lambda k: gd.models.mlp((4,)).init(k, 5)  # noqa: E731
     loss = gd.models.mlp((4,)).loss
@@ -205,6 +214,7 @@ def test_seeded_member_equals_fit_with_its_seed_keys():
     assert not np.allclose(sw.losses[0], sw.losses[1])
 
 
+@pytest.mark.slow
 def test_schedule_peak_can_be_swept():
     unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, 5, 40)  # a shape with peak 1, scaled by the traced peak
 
@@ -217,7 +227,8 @@ def test_schedule_peak_can_be_swept():
 
 
 def test_summary_and_rows():
-    sw = gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=[0.01, 0.1, 1e5], epochs=2, key=jax.random.key(0))
+    # three members, four epochs: the program of test_divergent_member_is_frozen...'s healthy sweep
+    sw = gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=[0.01, 0.1, 1e5], epochs=4, key=jax.random.key(0))
     rows = sw.to_rows()
     assert [r["diverged"] for r in rows] == [False, False, True]
     assert sum(r["best"] for r in rows) == 1 and rows[sw.best_index]["best"]
@@ -228,7 +239,8 @@ def test_summary_and_rows():
 
 
 def test_every_member_diverged_has_no_best():
-    sw = gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=[1e6, 1e7], epochs=2, key=jax.random.key(0))
+    # three members and four epochs, like test_summary_and_rows: the same compiled program
+    sw = gd.sweep(MODEL.loss, P0, optax.sgd, IT, learning_rates=[1e6, 1e7, 1e8], epochs=4, key=jax.random.key(0))
     assert sw.diverged.all() and sw.best_index is None and sw.best_params is None
     assert "every member diverged" in sw.summary()
 
@@ -336,6 +348,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_over_eight_cpu_devices_equals_one_device():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)

@@ -22,11 +22,16 @@ status rather than exiting; :func:`entry`, the console script and
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import functools
+import gc
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import NoReturn
 
 from gdjax.cli import csvdata
@@ -97,14 +102,46 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
 
 
+def _inside_finalizer(frame: FrameType | None) -> bool:
+    """Whether Python is running a garbage-collector callback or a ``__del__``: an exception raised there is dropped."""
+    callbacks = {getattr(fn, "__code__", None) for fn in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """SIGINT's handler in the ``gdjax`` process: raise KeyboardInterrupt, but never where Python would drop it.
+
+    Python runs the handler between two bytecodes of whatever the main thread
+    runs, a garbage-collector callback included (JAX registers one, and
+    tracing a program collects often). A KeyboardInterrupt raised there is
+    printed as "Exception ignored in ..." and lost, and the training goes on
+    to its end. So there the interrupt is put off: a timer thread interrupts
+    the main thread again a moment later.
+    """
+    if _inside_finalizer(frame):
+        timer = threading.Timer(0.01, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+        return
+    raise KeyboardInterrupt
+
+
 def entry() -> NoReturn:
     """The ``gdjax`` console script and ``python -m gdjax``: run :func:`main` and exit with its status.
 
-    After Ctrl-C (status 130) the process ends at once with ``os._exit``,
-    once standard output and error are flushed: the interpreter's teardown
-    would run while XLA's threads (an interrupted compilation) are still
-    alive, and could crash (SIGSEGV) instead of exiting with 130.
+    Ctrl-C is handled by :func:`_on_ctrl_c` (unless SIGINT is ignored, as
+    for a background job). After it (status 130) the process ends at once
+    with ``os._exit``, once standard output and error are flushed: the
+    interpreter's teardown would run while XLA's threads (an interrupted
+    compilation) are still alive, and could crash (SIGSEGV) instead of
+    exiting with 130.
     """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_ctrl_c)
     status = main()
     if status == 130:
         for stream in (sys.stdout, sys.stderr):
