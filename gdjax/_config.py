@@ -9,6 +9,9 @@ hyperparameters and ``tol``) into arrays of the dtypes the program uses.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,12 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax import _validate
+from gdjax import _validate, _validate_eval
+from gdjax._evaluation import Evaluation, aux_layout
 from gdjax._caches import BoundedCache, callable_key
 from gdjax._optimizer import is_factory
-from gdjax._program import Config, capacity, unroll_for
+from gdjax._program import Config, Inputs, capacity, unroll_for
 from gdjax._runner import signature
 from gdjax._types import PyTree
+from gdjax._validate import RunArgs
 from gdjax._validate_loss import loss_dtype
 from gdjax.data import DataIterator
 from gdjax.step import accumulation_dtype
@@ -38,56 +43,35 @@ def config(
     has_aux: bool,
     batched: bool,
     members: int = 1,
+    evaluation: Evaluation = Evaluation(),
+    loss_hparams: tuple[str, ...] = (),
 ) -> Config:
     """The run's static configuration (cached: equal configurations share compiled programs).
 
     ``members`` is the number of runs one program holds (a sweep's chunk),
-    which bounds how many epochs of history fit in it.
+    which bounds how many epochs of history fit in it. ``evaluation`` comes
+    from :func:`gdjax._validate_eval.evaluation`; here it gets the loss's aux
+    layout and its monitor is checked.
     """
-    epoch_capacity = capacity(epochs, it.num_batches, log_every, members, itemsize=8)
     sig = (
         callable_key(loss_fn),
-        callable_key(optimizer),
         has_aux,
         batched,
-        log_every,
-        epoch_capacity,
+        evaluation,
+        loss_hparams,
         signature(params),
         signature(it),
     )
-    cfg = _CONFIGS.get(sig)
-    if cfg is None:
+    checked = _CHECKED.get(sig)
+    if checked is None:
         _validate.check_params(params)
-        cfg = _make_config(
-            loss_fn,
-            optimizer,
-            params,
-            it,
-            epoch_capacity=epoch_capacity,
-            log_every=log_every,
-            has_aux=has_aux,
-            batched=batched,
-        )
-        _CONFIGS.put(sig, cfg)
-    return cfg
-
-
-#: Configurations already checked (the loss's eval_shape check costs milliseconds).
-_CONFIGS: BoundedCache[Config] = BoundedCache("checked configurations", 256)
-
-
-def _make_config(
-    loss_fn: Callable[..., Any],
-    optimizer: Any,
-    params: PyTree,
-    it: DataIterator,
-    *,
-    epoch_capacity: int,
-    log_every: int,
-    has_aux: bool,
-    batched: bool,
-) -> Config:
-    dtype = loss_dtype(loss_fn, params, it, has_aux=has_aux, batched=batched)
+        dtype, aux = loss_dtype(loss_fn, params, it, has_aux=has_aux, batched=batched, loss_hparams=loss_hparams)
+        ev = _validate_eval.resolve_monitor(dataclasses.replace(evaluation, aux=aux_layout(aux)))
+        _validate_eval.metric_shapes(ev, params, it, batched=batched)
+        checked = (dtype, ev)
+        _CHECKED.put(sig, checked)
+    dtype, ev = checked
+    aux_size = sum(math.prod(shape) for _, shape in ev.aux)
     return Config.make(
         loss_fn,
         optimizer,
@@ -95,10 +79,18 @@ def _make_config(
         has_aux=bool(has_aux),
         batched=bool(batched),
         log_every=log_every,
-        epoch_capacity=epoch_capacity,
+        epoch_capacity=capacity(
+            epochs, it.num_batches, log_every, members, itemsize=8, columns=ev.width, aux=aux_size
+        ),
         loss_dtype=accumulation_dtype(dtype),
         unroll=unroll_for(params, it.batch_size),
+        evaluation=ev,
+        loss_hparams=loss_hparams,
     )
+
+
+#: Losses, metrics and aux already checked on these shapes (``eval_shape`` costs milliseconds).
+_CHECKED: BoundedCache[tuple[Any, Evaluation]] = BoundedCache("checked configurations", 256)
 
 
 def float_array(value: Any) -> jax.Array:
@@ -106,11 +98,33 @@ def float_array(value: Any) -> jax.Array:
     return jnp.asarray(value, dtype=jnp.result_type(float))
 
 
-def hparam_arrays(values: Mapping[str, Any]) -> dict[str, jax.Array]:
+def hparam_arrays(values: Mapping[str, Any] | None) -> dict[str, jax.Array]:
     """Hyperparameter values (numbers or per-member arrays) as arrays of the default float dtype."""
-    return {k: float_array(v) for k, v in values.items()}
+    return {k: float_array(v) for k, v in (values or {}).items()}
 
 
 def tol_array(cfg: Config, tol: float | None) -> jax.Array:
     """``tol`` in the loss's dtype; -inf (never reached) without one."""
     return jnp.asarray(-np.inf if tol is None else tol, cfg.loss_dtype)
+
+
+def inputs(
+    cfg: Config,
+    args: RunArgs,
+    params: PyTree,
+    hparams: Mapping[str, Any],
+    loss_hparams: Mapping[str, Any],
+    eval_data: PyTree,
+    key: jax.Array | None = None,
+) -> Inputs:
+    """The traced inputs of a run (``key`` overrides ``args.key``: a sweep's per-member order keys)."""
+    return Inputs(
+        it=args.it,
+        params=params,
+        hparams=hparam_arrays(hparams),
+        key=args.key if key is None else key,
+        tol=tol_array(cfg, args.tol),
+        loss_hparams=hparam_arrays(loss_hparams),
+        eval_data=eval_data,
+        epochs=jnp.asarray(args.epochs, jnp.int32),
+    )

@@ -31,20 +31,22 @@ class Members(NamedTuple):
     """The sweep's member table.
 
     Attributes:
-      hyperparams: name -> float64 array of shape ``(M,)``.
+      hyperparams: name -> float64 array of shape ``(M,)``, the optimizer's values.
       seeds: int array of shape ``(M,)``, or None without seeds.
+      loss_hyperparams: name -> float64 array of shape ``(M,)``, the loss's keyword values.
     """
 
     hyperparams: dict[str, np.ndarray]
     seeds: np.ndarray | None
+    loss_hyperparams: dict[str, np.ndarray] = {}  # noqa: RUF012  # never mutated
 
     @property
     def size(self) -> int:
         return len(next(iter(self.hyperparams.values())))
 
 
-def _as_values(name: str, value: Any) -> np.ndarray:
-    arr = _validate.check_hyperparam(value, name)
+def _as_values(name: str, value: Any, *, signed: bool = False) -> np.ndarray:
+    arr = _validate.check_hyperparam(value, name, signed=signed)
     if arr.ndim > 1:
         raise ValueError(f"{name} must be a number or a 1-D array; got shape {arr.shape}.")
     if arr.ndim == 1 and arr.size == 0:
@@ -69,8 +71,8 @@ def _check_seeds(seeds: Any) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
-def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any) -> Members:
-    """Build and check the member table.
+def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any, loss_hyperparams: Any = None) -> Members:
+    """Build and check the member table (loss hyperparameters are zipped or combined like the optimizer's).
 
     Raises:
       ValueError: no hyperparameters, a negative or non-finite value (its
@@ -91,6 +93,8 @@ def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any) ->
         named["learning_rate"] = named["learning_rate"][None]
     if not named:
         raise ValueError("sweep needs something to sweep: pass learning_rates=[...] and/or hyperparams={name: [...]}.")
+    shown = {f"loss_hyperparams[{k!r}]": k for k in _loss(loss_hyperparams)}  # the table's key -> the keyword
+    named.update({key: _as_values(key, loss_hyperparams[k], signed=True) for key, k in shown.items()})
     swept = {k: v for k, v in named.items() if v.ndim == 1}
     fixed = {k: v for k, v in named.items() if v.ndim == 0}
     if grid:
@@ -109,10 +113,26 @@ def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any) ->
     table.update({k: np.full(length, v) for k, v in fixed.items()})
     table = {k: table[k] for k in named}  # keep the caller's order
     seed_values = _check_seeds(seeds)
-    if seed_values is None:
-        return Members(table, None)
-    s = len(seed_values)
-    return Members({k: np.repeat(v, s) for k, v in table.items()}, np.tile(seed_values, length))
+    if seed_values is not None:
+        table = {k: np.repeat(v, len(seed_values)) for k, v in table.items()}
+        seed_values = np.tile(seed_values, length)
+    opt = {k: v for k, v in table.items() if k not in shown}
+    return Members(opt, seed_values, {shown[k]: v for k, v in table.items() if k in shown})
+
+
+def _loss(values: Any) -> dict[str, Any]:
+    """``loss_hyperparams`` as a dict of keyword names (None: empty)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise TypeError(
+            f"loss_hyperparams must be a dict from the loss's keyword names to values, such as "
+            f"loss_hyperparams={{'l2': [0.0, 1e-3]}}; got {type(values).__name__}."
+        )
+    for name in values:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TypeError(f"loss_hyperparams keys must be keyword names (str); got {name!r}.")
+    return dict(values)
 
 
 class Chunk(NamedTuple):

@@ -1,10 +1,14 @@
 """The compiled training program: everything here is traced, nothing runs on the host.
 
-A run is a :class:`RunState` (train state, epoch, loss history buffers,
-convergence and divergence flags) made by :func:`start` and advanced by
-:func:`train`: a ``lax.while_loop`` over epochs whose body draws the epoch's
-order, runs a ``lax.scan`` over its batches and then measures the full-data
-loss. A :class:`Layout` says how the runs of one program are laid out: one
+A run is a :class:`RunState` (train state, epoch, history buffers,
+convergence, divergence and early-stopping state) made by :func:`start` and
+advanced by :func:`train`: a ``lax.while_loop`` over epochs whose body draws
+the epoch's order, runs a ``lax.scan`` over its batches and then, every
+``eval_every`` epochs, evaluates the parameters (:mod:`gdjax._evaluation`:
+the full-data loss, the metrics and aux on the training and evaluation data)
+inside a ``lax.cond`` on the shared epoch counter, so epochs without an
+evaluation skip it, members or not. With ``eval_every`` other than 1 the
+final parameters are evaluated once more when the run finishes. A :class:`Layout` says how the runs of one program are laid out: one
 run (``fit``), or a member axis (``sweep``), with the initial parameters and
 the order keys shared or per member, and the members split over a device mesh.
 For a sweep only the epoch body is vmapped: the loop and its epoch counter
@@ -23,9 +27,9 @@ Divergence: every step's mini-batch loss vouches for the parameters it was
 computed with. A non-finite loss sends the run back to the last parameters
 whose loss was finite (one step earlier), sets ``diverged`` with the step in
 ``diverged_at``, records NaN for the rest of the epoch and stops the run at
-its end. Once an epoch, all parameters and the full-data loss are checked as
-well; a run failing that goes back to its parameters at the start of the
-epoch. So a diverged run always returns finite parameters with a finite
+its end. Once an epoch all parameters are checked as well, and at an
+evaluation the full-data loss; a run failing that goes back to its
+parameters at the start of the epoch. So a diverged run always returns finite parameters with a finite
 full-data loss, and the per-step check costs no reduction over the
 parameters.
 """
@@ -44,7 +48,9 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from gdjax import _evaluation
 from gdjax._caches import callable_key
+from gdjax._evaluation import Evaluation, Watch
 from gdjax._types import HostOrDevice, PyTree, ceil_div
 from gdjax.data import Batch, DataIterator
 from gdjax.step import TrainState, batch_loss, make_step
@@ -83,6 +89,8 @@ class Config:
     epoch_capacity: int
     loss_dtype: Any
     unroll: int = 1
+    evaluation: Evaluation = Evaluation()
+    loss_hparams: tuple[str, ...] = ()
 
     @classmethod
     def make(cls, loss_fn: Callable[..., Any], optimizer: Any, **values: Any) -> Config:
@@ -91,6 +99,18 @@ class Config:
     def build(self, hparams: dict[str, jax.Array]) -> optax.GradientTransformation:
         """The optimizer for these (possibly traced) hyperparameters."""
         return self.optimizer(**hparams) if self.factory else self.optimizer
+
+    def bind(self, loss_hparams: dict[str, jax.Array]) -> Callable[..., Any]:
+        """The loss with its (possibly traced) keyword values bound."""
+        return functools.partial(self.loss_fn, **loss_hparams) if loss_hparams else self.loss_fn
+
+    def objective(self, loss_hparams: dict[str, jax.Array]) -> Callable[..., tuple[jax.Array, Any]]:
+        """``f(params, batch) -> (mean loss, aux)`` for these loss values."""
+        return batch_loss(self.bind(loss_hparams), has_aux=self.has_aux, batched=self.batched)
+
+    @property
+    def aux_size(self) -> int:
+        return sum(int(np.prod(shape)) for _, shape in self.evaluation.aux)
 
 
 class RunState(NamedTuple):
@@ -102,25 +122,36 @@ class RunState(NamedTuple):
       base: the first epoch the history buffers hold.
       loss_sums: per window of ``log_every`` step positions from epoch
         ``base`` on, the sum of the step losses (NaN after a divergence).
-      epoch_losses: full-data loss after each epoch from ``base`` on (NaN
-        where not run).
+      aux_sums: ``(aux elements, windows)``, the same for each aux element.
+      evals: ``(columns, epoch_capacity)``: the evaluation row after each
+        epoch from ``base`` on (column 0 the full-data loss); NaN where not
+        evaluated.
       initial_loss: full-data loss before the first step.
-      last_loss: full-data loss of ``train.params``.
+      last: the evaluation row of ``train.params`` (current after every
+        evaluation and at the end).
       converged: the full-data loss reached ``tol``.
       diverged: a step produced a non-finite loss or parameters.
       diverged_at: the step position rejected, or -1.
+      watch: the monitor's state (best value, epoch and params; patience).
     """
 
     train: TrainState
     epoch: HostOrDevice
     base: HostOrDevice
     loss_sums: HostOrDevice
-    epoch_losses: HostOrDevice
+    aux_sums: HostOrDevice
+    evals: HostOrDevice
     initial_loss: HostOrDevice
-    last_loss: HostOrDevice
+    last: HostOrDevice
     converged: HostOrDevice
     diverged: HostOrDevice
     diverged_at: HostOrDevice
+    watch: Watch
+
+
+#: The fields of :class:`RunState` indexed by logged window (last axis), and by epoch.
+WINDOW_FIELDS = ("loss_sums", "aux_sums")
+EPOCH_FIELDS = ("evals",)
 
 
 class Layout(NamedTuple):
@@ -142,13 +173,34 @@ class Layout(NamedTuple):
 
 
 class Inputs(NamedTuple):
-    """The traced inputs of a run: changing them compiles nothing new."""
+    """The traced inputs of a run: changing them compiles nothing new.
+
+    Attributes:
+      it: the training data.
+      params: the initial parameters.
+      hparams: the optimizer factory's values.
+      key: the order key.
+      tol: the convergence threshold (-inf: none).
+      loss_hparams: the loss's keyword values.
+      eval_data: the evaluation data set (a pytree of arrays), or None.
+      epochs: the epochs asked for (the run evaluates once more when it finishes).
+    """
 
     it: DataIterator
     params: PyTree
     hparams: dict[str, jax.Array]
     key: jax.Array
     tol: jax.Array
+    loss_hparams: dict[str, jax.Array]
+    eval_data: PyTree
+    epochs: jax.Array
+
+
+class _Member(NamedTuple):
+    """The inputs that differ between a sweep's members."""
+
+    hparams: dict[str, jax.Array]
+    loss_hparams: dict[str, jax.Array]
 
 
 def unroll_for(params: PyTree, batch_size: int) -> int:
@@ -157,10 +209,23 @@ def unroll_for(params: PyTree, batch_size: int) -> int:
     return SMALL_STEP_UNROLL if size * batch_size <= SMALL_STEP_WORK else 1
 
 
-def capacity(epochs: int, steps_per_epoch: int = 1, log_every: int = 1, members: int = 1, itemsize: int = 8) -> int:
-    """Epochs of history a program holds: the next power of two of ``epochs``, halved to fit :data:`HISTORY_BYTES`."""
+def capacity(
+    epochs: int,
+    steps_per_epoch: int = 1,
+    log_every: int = 1,
+    members: int = 1,
+    itemsize: int = 8,
+    *,
+    columns: int = 1,
+    aux: int = 0,
+) -> int:
+    """Epochs of history a program holds: the next power of two of ``epochs``, halved to fit :data:`HISTORY_BYTES`.
+
+    ``columns`` values are kept per epoch (the evaluation row) and ``1 + aux`` per logged window.
+    """
     cap = 1 << max(0, epochs - 1).bit_length()
-    while cap > 1 and members * itemsize * (cap + windows(cap, steps_per_epoch, log_every)) > HISTORY_BYTES:
+    per = lambda c: columns * c + (1 + aux) * windows(c, steps_per_epoch, log_every)  # noqa: E731
+    while cap > 1 and members * itemsize * per(cap) > HISTORY_BYTES:
         cap //= 2
     return cap
 
@@ -170,11 +235,17 @@ def windows(epoch_capacity: int, steps_per_epoch: int, log_every: int) -> int:
     return ceil_div(epoch_capacity * steps_per_epoch, log_every) + (log_every > 1)
 
 
-def full_loss(cfg: Config, it: DataIterator, params: PyTree) -> jax.Array:
+def full_loss(cfg: Config, it: DataIterator, params: PyTree, loss_hparams: dict[str, jax.Array]) -> jax.Array:
     """Mean loss over every example of the data set."""
-    objective = batch_loss(cfg.loss_fn, has_aux=cfg.has_aux, batched=cfg.batched)
     mask = jnp.ones((it.num_examples,), bool)
-    return objective(params, Batch(it.data, mask))[0].astype(cfg.loss_dtype)
+    return cfg.objective(loss_hparams)(params, Batch(it.data, mask))[0].astype(cfg.loss_dtype)
+
+
+def _row(cfg: Config, it: DataIterator, eval_data: PyTree, params: PyTree, member: _Member) -> jax.Array:
+    """The evaluation row of ``params`` (see :func:`gdjax._evaluation.evaluate`)."""
+    sets = (it.data,) if eval_data is None else (it.data, eval_data)
+    objective = cfg.objective(member.loss_hparams)
+    return _evaluation.evaluate(cfg.evaluation, objective, cfg.batched, sets, params, cfg.loss_dtype)
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -182,28 +253,31 @@ def _all_finite(tree: PyTree) -> jax.Array:
     return functools.reduce(jnp.logical_and, leaves, jnp.array(True))
 
 
-def start(cfg: Config, it: DataIterator, params: PyTree, hparams: dict[str, jax.Array]) -> RunState:
+def start(cfg: Config, it: DataIterator, params: PyTree, member: _Member) -> RunState:
     """The state of one run before its first epoch."""
-    dtype = cfg.loss_dtype
-    initial = full_loss(cfg, it, params)
+    dtype, width = cfg.loss_dtype, cfg.evaluation.width
+    initial = full_loss(cfg, it, params, member.loss_hparams)
     zero = jnp.zeros((), jnp.int32)
+    count = windows(cfg.epoch_capacity, it.num_batches, cfg.log_every)
     return RunState(
-        train=TrainState(params, cfg.build(hparams).init(params), zero),
+        train=TrainState(params, cfg.build(member.hparams).init(params), zero),
         epoch=zero,
         base=zero,
-        loss_sums=jnp.zeros((windows(cfg.epoch_capacity, it.num_batches, cfg.log_every),), dtype),
-        epoch_losses=jnp.full((cfg.epoch_capacity,), jnp.nan, dtype),
+        loss_sums=jnp.zeros((count,), dtype),
+        aux_sums=jnp.zeros((cfg.aux_size, count), dtype),
+        evals=jnp.full((width, cfg.epoch_capacity), jnp.nan, dtype),
         initial_loss=initial,
-        last_loss=initial,
+        last=jnp.full((width,), jnp.nan, dtype).at[0].set(initial),
         converged=jnp.array(False),
         diverged=jnp.array(False),
         diverged_at=jnp.array(-1, jnp.int32),
+        watch=_evaluation.start_watch(cfg.evaluation, params, dtype),
     )
 
 
-def _steps(cfg: Config, it: DataIterator, run: RunState, hparams: dict, idx, mask, pos) -> tuple:
+def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, idx, mask, pos) -> tuple:
     """The epoch's scan over its batches, with the per-step divergence fallback."""
-    step = make_step(cfg.loss_fn, cfg.build(hparams), has_aux=cfg.has_aux, batched=cfg.batched)
+    step = make_step(cfg.bind(member.loss_hparams), cfg.build(member.hparams), has_aux=cfg.has_aux, batched=cfg.batched)
     nan = jnp.array(jnp.nan, cfg.loss_dtype)
 
     def one_step(carry, xs):
@@ -211,50 +285,87 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, hparams: dict, idx, mas
         b_idx, b_mask, b_pos = xs
         new, metrics = step(state, it.gather(b_idx, b_mask))
         loss = metrics["loss"].astype(cfg.loss_dtype)
+        aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
         # The loss of ``state`` on this batch vouches for ``state``: keep it as the fallback and move on;
         # a non-finite loss sends the run back to the last state whose loss was finite, for good.
         ok = ~diverged & jnp.isfinite(loss)
         pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
         newly = ~diverged & ~ok
         carry = (pick(new, last_good), pick(state, last_good), diverged | newly, jnp.where(newly, b_pos, diverged_at))
-        return carry, jnp.where(diverged, nan, loss)
+        return carry, (jnp.where(diverged, nan, loss), jnp.where(diverged, nan, aux))
 
     init = (run.train, run.train, run.diverged, run.diverged_at)
-    (state, _, diverged, diverged_at), losses = jax.lax.scan(one_step, init, (idx, mask, pos), unroll=cfg.unroll)
-    return state, diverged, diverged_at, losses
+    (state, _, diverged, diverged_at), (losses, aux) = jax.lax.scan(
+        one_step, init, (idx, mask, pos), unroll=cfg.unroll
+    )
+    return state, diverged, diverged_at, losses, aux
 
 
-def _epoch(cfg: Config, it: DataIterator, run: RunState, hparams: dict, idx, mask, epoch, tol) -> RunState:
-    """One epoch of one run over the given batch indices; a no-op for a stopped run."""
-    steps = it.num_batches
-    pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
-    state, diverged, diverged_at, losses = _steps(cfg, it, run, hparams, idx, mask, pos)
+def _log(cfg: Config, run: RunState, losses: jax.Array, aux: jax.Array, epoch, pos, steps: int) -> tuple:
+    """The window sums with this epoch's step losses (and aux, ``(steps, elements)``) added."""
     if cfg.log_every == 1:
-        sums = jax.lax.dynamic_update_slice(run.loss_sums, losses, ((epoch - run.base) * steps,))
+        at = (epoch - run.base) * steps
+        return (
+            jax.lax.dynamic_update_slice(run.loss_sums, losses, (at,)),
+            jax.lax.dynamic_update_slice(run.aux_sums, aux.T, (jnp.zeros_like(at), at)),
+        )
+    window = pos // cfg.log_every - run.base * steps // cfg.log_every
+    return run.loss_sums.at[window].add(losses), run.aux_sums.at[:, window].add(aux.T)
+
+
+def _epoch(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member, idx, mask, epoch) -> RunState:
+    """One epoch of one run over the given batch indices; a no-op for a stopped run."""
+    steps, ev = it.num_batches, cfg.evaluation
+    pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
+    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, idx, mask, pos)
+    sums, aux_sums = _log(cfg, run, losses, aux, epoch, pos, steps)
+    done = epoch + 1
+    nan_row = jnp.full((ev.width,), jnp.nan, cfg.loss_dtype)
+    evaluate = lambda params: _row(cfg, it, shared.eval_data, params, member)  # noqa: E731
+    # An evaluation is decided by the shared epoch counter, so under a sweep's vmap the cond stays a cond
+    # and epochs without one skip it for every member.
+    if ev.eval_every == 0:
+        evaluated, row = jnp.array(False), nan_row
+    elif ev.eval_every == 1:
+        evaluated, row = jnp.array(True), evaluate(state.params)
     else:
-        sums = run.loss_sums.at[pos // cfg.log_every - run.base * steps // cfg.log_every].add(losses)
-    # Once an epoch, every parameter and the full-data loss are checked too (a parameter the loss does
-    # not use can go non-finite unseen); failing that, the run returns to the start of the epoch.
-    loss = full_loss(cfg, it, state.params)
-    bad = ~jnp.isfinite(loss) | ~_all_finite(state.params)
+        evaluated = done % ev.eval_every == 0
+        row = jax.lax.cond(evaluated, evaluate, lambda _: nan_row, state.params)
+    # Every parameter is checked once an epoch (one the loss does not use can go non-finite unseen), and the
+    # full-data loss at an evaluation; failing that, the run returns to the start of the epoch.
+    bad = ~_all_finite(state.params) | (evaluated & ~jnp.isfinite(row[0]))
     state = jax.tree.map(lambda x, y: jnp.where(bad, x, y), run.train, state)
-    loss = jnp.where(bad, run.last_loss, loss)
+    row = jnp.where(bad, run.last if ev.eval_every == 1 else nan_row, row)  # the row of the params gone back to
+    counts = evaluated & ~bad & ~diverged
     new = run._replace(
         train=state,
-        epoch=run.epoch + 1,
+        epoch=done,
         loss_sums=sums,
-        epoch_losses=run.epoch_losses.at[epoch - run.base].set(loss),
-        last_loss=loss,
-        converged=~bad & ~diverged & (loss <= tol),
+        aux_sums=aux_sums,
+        evals=run.evals.at[:, epoch - run.base].set(row),
+        last=jnp.where(evaluated | bad, row, run.last),
+        converged=counts & (row[0] <= shared.tol),
         diverged=diverged | bad,
         diverged_at=jnp.where(bad & ~diverged, pos[-1], diverged_at),
+        watch=_evaluation.watch(ev, run.watch, row, state.params, done, counts),
     )
     return jax.tree.map(lambda a, b: jnp.where(active(run), a, b), new, run)
 
 
+def _final(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member) -> RunState:
+    """Evaluate the final parameters: ``last`` becomes their row, and they may be the monitor's best."""
+    row = _row(cfg, it, shared.eval_data, run.train.params, member)
+    best = _evaluation.best_of(cfg.evaluation, run.watch, row, run.train.params, run.epoch, ~run.diverged)
+    return run._replace(last=row, watch=best)
+
+
 def active(run: RunState) -> jax.Array:
-    """Runs that have neither converged nor diverged (works on host arrays too)."""
-    return ~run.converged & ~run.diverged
+    """Runs that have neither converged, diverged nor stopped early (works on host arrays too)."""
+    return ~run.converged & ~run.diverged & ~run.watch.stopped
+
+
+def _member(inputs: Inputs) -> _Member:
+    return _Member(inputs.hparams, inputs.loss_hparams)
 
 
 def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> RunState:
@@ -263,39 +374,47 @@ def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> R
     With a member axis the loop over epochs stays outside ``vmap`` with one
     shared epoch counter, so with a shared key each epoch's order is drawn
     once and each batch gathered once for all members; members that have
-    stopped are carried unchanged until all have.
+    stopped are carried unchanged until all have. When every run has
+    finished (``inputs.epochs`` reached, or all stopped) and ``eval_every``
+    is not 1, the final parameters are evaluated.
     """
     cfg, it = layout.cfg, inputs.it
-    one = functools.partial(_epoch, cfg, it)
+    one = functools.partial(_epoch, cfg, it, inputs)
+    final = functools.partial(_final, cfg, it, inputs)
     orders = it.epoch_indices
     if layout.members:
         ax = 0 if layout.keys_batched else None
-        one = jax.vmap(one, in_axes=(0, 0, ax, ax, None, None))
+        one = jax.vmap(one, in_axes=(0, 0, ax, ax, None))
+        final = jax.vmap(final)
         orders = jax.vmap(it.epoch_indices, (0, None)) if layout.keys_batched else orders
 
     def body(carry: tuple[jax.Array, RunState]) -> tuple[jax.Array, RunState]:
         epoch, run = carry
         idx, mask = orders(inputs.key, epoch)
-        return epoch + 1, one(run, inputs.hparams, idx, mask, epoch, inputs.tol)
+        return epoch + 1, one(run, _member(inputs), idx, mask, epoch)
 
     def going(carry: tuple[jax.Array, RunState]) -> jax.Array:
         epoch, run = carry
         room = epoch < jnp.max(run.base) + cfg.epoch_capacity  # the history buffers end there
         return (epoch < epochs) & room & jnp.any(active(run))
 
-    return jax.lax.while_loop(going, body, (jnp.max(run.epoch), run))[1]
+    epoch, run = jax.lax.while_loop(going, body, (jnp.max(run.epoch), run))
+    if cfg.evaluation.eval_every == 1:
+        return run  # every epoch was evaluated: ``last`` is current
+    finished = (epoch >= inputs.epochs) | ~jnp.any(active(run))
+    return jax.lax.cond(finished, lambda r: final(r, _member(inputs)), lambda r: r, run)
 
 
 def _start(layout: Layout, inputs: Inputs) -> RunState:
     one = functools.partial(start, layout.cfg, inputs.it)
     if layout.members:
         one = jax.vmap(one, in_axes=(0 if layout.params_batched else None, 0))
-    return one(inputs.params, inputs.hparams)
+    return one(inputs.params, _member(inputs))
 
 
 def _input_specs(layout: Layout) -> Inputs:
     split = lambda batched: P(AXIS) if batched else P()  # noqa: E731
-    specs: Any = (P(), split(layout.params_batched), P(AXIS), split(layout.keys_batched), P())
+    specs: Any = (P(), split(layout.params_batched), P(AXIS), split(layout.keys_batched), P(), P(AXIS), P(), P())
     return Inputs(*specs)  # the same structure, holding a PartitionSpec per input
 
 

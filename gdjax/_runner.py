@@ -27,7 +27,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax._caches import BoundedCache
-from gdjax._program import Inputs, Layout, RunState, active, start_program, train_program
+from gdjax._program import (
+    EPOCH_FIELDS,
+    WINDOW_FIELDS,
+    Inputs,
+    Layout,
+    RunState,
+    active,
+    start_program,
+    train_program,
+)
 from gdjax._types import PyTree
 
 
@@ -186,18 +195,19 @@ def _scalar(layout: Layout, value: int) -> jax.Array:
 
 
 class HostHistory:
-    """The loss history a long run has moved off the device, one segment of ``capacity`` epochs at a time.
+    """The history a long run has moved off the device, one segment of ``capacity`` epochs at a time.
 
-    The program's buffers hold the history from epoch ``base`` on; when the
-    run reaches ``base + capacity`` epochs, :meth:`drain` copies them here and
-    empties them, so the program's memory stays bounded whatever ``epochs``
-    is, and the host holds only the epochs that ran.
+    The program's buffers (:data:`gdjax._program.WINDOW_FIELDS`, indexed by
+    logged window, and :data:`~gdjax._program.EPOCH_FIELDS`, by epoch) hold
+    the history from epoch ``base`` on; when the run reaches ``base +
+    capacity`` epochs, :meth:`drain` copies them here and empties them, so
+    the program's memory stays bounded whatever ``epochs`` is, and the host
+    holds only the epochs that ran.
     """
 
     def __init__(self, capacity: int, steps_per_epoch: int, log_every: int) -> None:
         self.capacity, self.steps, self.log_every = capacity, steps_per_epoch, log_every
-        self.sums: list[np.ndarray] = []
-        self.losses: list[np.ndarray] = []
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in WINDOW_FIELDS + EPOCH_FIELDS}
         self.base = 0
 
     def limit(self) -> int:
@@ -211,47 +221,54 @@ class HostHistory:
         """Move the full segment's history to the host; the window a segment ends inside is carried on."""
         epoch = self.limit()
         done = self._window(epoch) - self._window(self.base)
-        sums, losses = np.asarray(state.loss_sums), np.asarray(state.epoch_losses)
-        self.sums.append(sums[..., :done])
-        self.losses.append(losses)
-        fresh = np.zeros_like(sums)
-        if done < sums.shape[-1]:
-            fresh[..., 0] = sums[..., done]  # the window the segment ended inside (0 if none)
-        self.base = epoch
         put = lambda new, old: jax.device_put(new, old.sharding)  # noqa: E731
-        return state._replace(
-            base=put(np.full_like(np.asarray(state.base), epoch), state.base),
-            loss_sums=put(fresh, state.loss_sums),
-            epoch_losses=put(np.full_like(losses, np.nan), state.epoch_losses),
-        )
+        fresh: dict[str, Any] = {}
+        for name in WINDOW_FIELDS:
+            sums = np.asarray(getattr(state, name))
+            self.parts[name].append(sums[..., :done])
+            empty = np.zeros_like(sums)
+            if done < sums.shape[-1]:
+                empty[..., 0] = sums[..., done]  # the window the segment ended inside (0 if none)
+            fresh[name] = put(empty, getattr(state, name))
+        for name in EPOCH_FIELDS:
+            values = np.asarray(getattr(state, name))
+            self.parts[name].append(values)
+            fresh[name] = put(np.full_like(values, np.nan), getattr(state, name))
+        self.base = epoch
+        return state._replace(base=put(np.full_like(np.asarray(state.base), epoch), state.base), **fresh)
 
-    def drained(self, state: RunState) -> tuple[np.ndarray, np.ndarray]:
-        """The history on the host so far, as two arrays (what a checkpoint stores beside the run)."""
-        lead, dtype = np.shape(state.initial_loss), state.epoch_losses.dtype
-        join = lambda parts: np.concatenate(parts, -1) if parts else np.zeros((*lead, 0), dtype)  # noqa: E731
-        return join(self.sums), join(self.losses)
+    def drained(self, state: RunState) -> dict[str, np.ndarray]:
+        """The history on the host so far, one array per buffer (what a checkpoint stores beside the run)."""
+        out = {}
+        for name, parts in self.parts.items():
+            like = getattr(state, name)
+            out[name] = np.concatenate(parts, -1) if parts else np.zeros((*np.shape(like)[:-1], 0), like.dtype)
+        return out
 
-    def template(self, state: RunState, epoch: int) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    def template(self, state: RunState, epoch: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The shapes :meth:`drained` had when a checkpoint of ``epoch`` epochs was saved."""
         base = epoch // self.capacity * self.capacity
-        lead, dtype = np.shape(state.initial_loss), state.epoch_losses.dtype
-        return jax.ShapeDtypeStruct((*lead, self._window(base)), dtype), jax.ShapeDtypeStruct((*lead, base), dtype)
+        out = {}
+        for name in self.parts:
+            like = getattr(state, name)
+            width = self._window(base) if name in WINDOW_FIELDS else base
+            out[name] = jax.ShapeDtypeStruct((*np.shape(like)[:-1], width), like.dtype)
+        return out
 
-    def restore(self, state: RunState, drained: tuple[Any, Any]) -> RunState:
+    def restore(self, state: RunState, drained: dict[str, Any]) -> RunState:
         """Take back the host history saved with a checkpoint; returns the run."""
-        sums, losses = (np.asarray(x) for x in drained)
-        self.sums, self.losses = ([sums], [losses]) if losses.shape[-1] else ([], [])
+        epochs = np.shape(drained[EPOCH_FIELDS[0]])[-1]
+        self.parts = {name: [np.asarray(drained[name])] if epochs else [] for name in self.parts}
         self.base = int(np.max(np.asarray(state.base)))
         return state
 
     def join(self, state: RunState) -> RunState:
         """The run with its whole history (host segments, then the program's buffers) as numpy arrays."""
-        if not self.losses:
+        if not self.parts[EPOCH_FIELDS[0]]:
             return state
-        sums, losses = self.drained(state)
+        done = self.drained(state)
         return state._replace(
-            loss_sums=np.concatenate([sums, np.asarray(state.loss_sums)], -1),
-            epoch_losses=np.concatenate([losses, np.asarray(state.epoch_losses)], -1),
+            **{name: np.concatenate([done[name], np.asarray(getattr(state, name))], -1) for name in self.parts}
         )
 
 
@@ -261,15 +278,13 @@ def join(outcomes: Sequence[tuple[RunState, int]]) -> RunState:
     Padding rows are dropped; chunks that stopped early drained fewer history
     segments, so histories are padded to the longest (zeros and NaN, never read).
     """
-    width = lambda name: max(np.shape(getattr(r, name))[-1] for r, _ in outcomes)  # noqa: E731
-    sums_w, losses_w = width("loss_sums"), width("epoch_losses")
+    fills = {**dict.fromkeys(WINDOW_FIELDS, 0.0), **dict.fromkeys(EPOCH_FIELDS, np.nan)}
+    widths = {name: max(np.shape(getattr(r, name))[-1] for r, _ in outcomes) for name in fills}
 
     def host(state: RunState, n: int) -> RunState:
         state = jax.tree.map(lambda x: np.asarray(x)[:n], state)
         pad = lambda x, w, fill: np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, w - x.shape[-1])], constant_values=fill)  # noqa: E731
-        return state._replace(
-            loss_sums=pad(state.loss_sums, sums_w, 0), epoch_losses=pad(state.epoch_losses, losses_w, np.nan)
-        )
+        return state._replace(**{name: pad(getattr(state, name), widths[name], fill) for name, fill in fills.items()})
 
     parts = [host(state, n) for state, n in outcomes]
     joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

@@ -86,3 +86,18 @@ def run_settings(kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator,
         "key": digest(key),
         **values,
     }
+
+
+def evaluation_settings(ev: Any, eval_data: Any, loss_hparams: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation options a checkpoint records: metrics (by name and digest), data, monitor, loss values."""
+    return {
+        "metrics": {name: function_digest(fn) for name, fn in zip(ev.metric_names, ev.metric_fns, strict=True)},
+        "eval_data": None if eval_data is None else digest(eval_data),
+        "eval_every": ev.eval_every,
+        "monitor": ev.monitor,
+        "mode": ev.mode,
+        "patience": ev.patience,
+        "min_delta": ev.min_delta,
+        "keep_best": ev.keep_best,
+        "loss_hyperparams": loss_hparams,
+    }

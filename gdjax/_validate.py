@@ -98,8 +98,8 @@ def _not_numeric(name: str, got: str) -> TypeError:
     )
 
 
-def check_hyperparam(value: Any, name: str) -> np.ndarray:
-    """A hyperparameter value or array as float numpy; finite and >= 0."""
+def check_hyperparam(value: Any, name: str, *, signed: bool = False) -> np.ndarray:
+    """A hyperparameter value or array as float numpy; finite, and >= 0 unless ``signed``."""
     if isinstance(value, bool | np.bool_):
         raise _not_numeric(name, f"bool {value!r}")
     try:
@@ -111,7 +111,7 @@ def check_hyperparam(value: Any, name: str) -> np.ndarray:
         raise _not_numeric(name, f"{type(value).__name__} {value!r}")
     with np.errstate(over="ignore", under="ignore"):
         used = arr.astype(jnp.result_type(float))  # the dtype the compiled program will see
-    lost = (arr > 0) & (used == 0)
+    lost = (arr != 0) & (used == 0)
     if lost.any():
         i = int(np.flatnonzero(lost.ravel())[0])
         where = "" if arr.ndim == 0 else f" (entry {i})"
@@ -120,16 +120,19 @@ def check_hyperparam(value: Any, name: str) -> np.ndarray:
             f"0 if you mean it, a value of at least {float(np.finfo(used.dtype).smallest_subnormal):g}, or enable "
             f"jax.config.update('jax_enable_x64', True)."
         )
-    bad = ~np.isfinite(used) | (arr < 0)
+    low = -np.inf if signed else 0
+    bad = ~np.isfinite(used) | (arr < low)
+    rule = "finite" if signed else "finite and >= 0"
     if bad.any():
         if arr.ndim == 0:
-            hint = f" (it overflows {used.dtype})" if np.isfinite(arr) and arr >= 0 else ""
-            raise ValueError(f"{name} must be finite and >= 0; got {arr.item()}{hint}.")
+            hint = f" (it overflows {used.dtype})" if np.isfinite(arr) and arr >= low else ""
+            raise ValueError(f"{name} must be {rule}; got {arr.item()}{hint}.")
         i = int(np.flatnonzero(bad.ravel())[0])
+        value = arr.ravel()[i]
         raise ValueError(
-            f"{name} must be finite and >= 0 everywhere; entry {i} is {arr.ravel()[i]}"
-            f"{f' (it overflows {used.dtype})' if np.isfinite(arr.ravel()[i]) and arr.ravel()[i] >= 0 else ''}. "
-            f"Remove it or replace it with a positive value."
+            f"{name} must be {rule} everywhere; entry {i} is {value}"
+            f"{f' (it overflows {used.dtype})' if np.isfinite(value) and value >= low else ''}. "
+            f"Remove it or replace it with a {'finite' if signed else 'positive'} value."
         )
     return arr
 

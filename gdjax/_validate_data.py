@@ -22,14 +22,14 @@ from gdjax._types import x64_enabled
 _warned_x64: set[str] = set()
 
 
-def leaf_name(path: tuple) -> str:
-    """A readable name for a pytree path, such as ``data['x']``."""
-    return "data" + jax.tree_util.keystr(path) if path else "data"
+def leaf_name(path: tuple, root: str = "data") -> str:
+    """A readable name for a pytree path, such as ``data['x']`` (``root`` names the argument)."""
+    return root + jax.tree_util.keystr(path) if path else root
 
 
-def check_leaf(path: tuple, leaf: Any) -> Any:
+def check_leaf(path: tuple, leaf: Any, root: str = "data") -> Any:
     """Check one data leaf on the host; float64 becomes float32 unless x64 is on."""
-    name = leaf_name(path)
+    name = leaf_name(path, root)
     try:
         arr = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
     except Exception as exc:
@@ -43,9 +43,9 @@ def check_leaf(path: tuple, leaf: Any) -> Any:
             f"Convert it, for example with .astype('float32')."
         )
     if arr.ndim == 0:
-        raise ValueError(f"{name} is a scalar; every leaf of data needs a leading axis of examples.")
+        raise ValueError(f"{name} is a scalar; every leaf of {root} needs a leading axis of examples.")
     if arr.shape[0] == 0:
-        raise ValueError(f"data is empty: {name} has a leading axis of length 0. Pass at least one example.")
+        raise ValueError(f"{root} is empty: {name} has a leading axis of length 0. Pass at least one example.")
     if any(s == 0 for s in arr.shape[1:]):
         raise ValueError(
             f"{name} has shape {tuple(arr.shape)}: a trailing axis of length 0 (zero features). "

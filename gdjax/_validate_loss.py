@@ -8,10 +8,12 @@ the other form than ``batched`` says fails here with a plain sentence.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from gdjax._types import PyTree
 from gdjax._validate import check_flag
@@ -19,17 +21,37 @@ from gdjax.data import Batch, DataIterator
 from gdjax.step import BATCHED_FORMS, batch_loss
 
 
-def loss_dtype(loss_fn: Callable[..., Any], params: PyTree, it: DataIterator, *, has_aux: bool, batched: bool) -> Any:
-    """Check the loss on one batch with ``eval_shape`` and return its dtype."""
+def loss_dtype(
+    loss_fn: Callable[..., Any],
+    params: PyTree,
+    it: DataIterator,
+    *,
+    has_aux: bool,
+    batched: bool,
+    loss_hparams: tuple[str, ...] = (),
+) -> tuple[Any, Any]:
+    """Check the loss on one batch with ``eval_shape``; return its dtype and the shapes of its aux (batch means).
+
+    ``loss_hparams`` are the keywords the loss is called with (given float values here).
+    """
     has_aux, batched = check_flag(has_aux, "has_aux"), check_flag(batched, "batched")
+    values = dict.fromkeys(loss_hparams, jax.ShapeDtypeStruct((), jnp.result_type(float)))
+
+    def objective(batched: bool) -> Callable[..., Any]:
+        def f(params: PyTree, batch: Batch, values: dict[str, Any]) -> Any:
+            bound = functools.partial(loss_fn, **values) if values else loss_fn
+            return batch_loss(bound, has_aux=has_aux, batched=batched)(params, batch)
+
+        return f
+
     example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
     batch = Batch(example, jax.ShapeDtypeStruct((it.batch_size,), bool))  # type: ignore[arg-type]  # shapes only
     try:
-        out = jax.eval_shape(batch_loss(loss_fn, has_aux=has_aux, batched=batched), params, batch)
+        out = jax.eval_shape(objective(batched), params, batch, values)
     except Exception as exc:
         # does the other form work? then the flag is what is wrong
         try:
-            jax.eval_shape(batch_loss(loss_fn, has_aux=has_aux, batched=not batched), params, batch)
+            jax.eval_shape(objective(not batched), params, batch, values)
             other = True
         except Exception:
             other = False
@@ -38,7 +60,7 @@ def loss_dtype(loss_fn: Callable[..., Any], params: PyTree, it: DataIterator, *,
         if isinstance(exc, TypeError) and "loss_fn must return" in str(exc) and not other:
             raise
         raise _mismatch(params, it, exc, batched=other) from exc
-    return out[0].dtype
+    return out[0].dtype, out[1]
 
 
 def _shapes(tree: PyTree) -> PyTree:

@@ -303,21 +303,21 @@ def full_batch(data: PyTree) -> DataIterator:
     return _build(data, None, False, False)
 
 
-def _prepare(data: PyTree) -> list[tuple[tuple, jax.Array]]:
-    """Check ``data`` and return its (path, device array) leaves."""
+def _prepare(data: PyTree, root: str = "data") -> list[tuple[tuple, jax.Array]]:
+    """Check ``data`` (the argument named ``root``) and return its (path, host or device array) leaves."""
     if isinstance(data, DataIterator):
-        raise TypeError("data is already a DataIterator; pass its .data to build another one.")
-    paths = _validate.leaves_with_paths(data, "data")
+        raise TypeError(f"{root} is already a DataIterator; pass its .data to build another one.")
+    paths = _validate.leaves_with_paths(data, root)
     if not paths:
         raise ValueError(
-            "data is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
+            f"{root} is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
             "such as {'x': X, 'y': y}."
         )
-    leaves = [(path, _validate_data.check_leaf(path, leaf)) for path, leaf in paths]
-    lengths = {_validate_data.leaf_name(path): arr.shape[0] for path, arr in leaves}
+    leaves = [(path, _validate_data.check_leaf(path, leaf, root)) for path, leaf in paths]
+    lengths = {_validate_data.leaf_name(path, root): arr.shape[0] for path, arr in leaves}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
         raise ValueError(
-            f"data leaves must share the leading axis (one row per example), but {shown}. Make them the same length."
+            f"{root} leaves must share the leading axis (one row per example), but {shown}. Make them the same length."
         )
     return leaves

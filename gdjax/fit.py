@@ -23,8 +23,8 @@ from typing import Any
 import jax
 import optax
 
-from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate
-from gdjax._program import Inputs, Layout
+from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate, _validate_eval
+from gdjax._program import Layout
 from gdjax._types import PyTree
 from gdjax.checkpoint import holding
 from gdjax.data import DataIterator
@@ -51,6 +51,15 @@ def fit(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    eval_data: PyTree | DataIterator | None = None,
+    metrics: Mapping[str, Callable[..., Any]] | None = None,
+    eval_every: int = 1,
+    monitor: str | None = None,
+    mode: str = "auto",
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    keep_best: bool = False,
+    loss_hyperparams: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Train ``params`` for ``epochs`` epochs in one compiled program.
 
@@ -86,6 +95,31 @@ def fit(
         Needs the factory form of ``optimizer`` (its values are part of the
         configuration).
       checkpoint_every: save every this many epochs (default 1), and at the end.
+      eval_data: held-out data (a pytree of arrays shaped like the training
+        data, or a :class:`gdjax.DataIterator`) evaluated with the training
+        data: ``"eval_loss"`` and ``"eval_<metric>"`` in ``history``.
+      metrics: name -> ``fn(params, example) -> scalar`` (with ``batched``:
+        ``fn(params, batch)``, weighting by ``batch.mask`` itself); each is
+        the masked mean over a data set, at every evaluation, on the
+        training data (``history[name]``) and on ``eval_data``.
+      eval_every: evaluate after every this many epochs (0: only at the
+        end). An evaluation is a full pass over the training data (the
+        full-data loss, which ``tol`` and ``epoch_losses`` need) and over
+        ``eval_data``; epochs between evaluations skip it, so a large
+        ``eval_every`` saves that cost. Evaluation never changes training.
+      monitor: the evaluated value early stopping and ``best_*`` watch
+        (default ``"eval_loss"`` with ``eval_data``, else ``"loss"``).
+      mode: ``"min"`` or ``"max"``; ``"auto"`` maximises names containing
+        acc, auc, f1, precision or recall and minimises the rest.
+      patience: stop after this many evaluations without improvement
+        (None: never stop early). Needs ``eval_every >= 1``.
+      min_delta: the least change of the monitored value that counts as an
+        improvement.
+      keep_best: keep the parameters of the best monitored evaluation in
+        ``best_params`` (one more copy of the parameters in memory).
+      loss_hyperparams: name -> number passed to the loss as keywords,
+        ``loss_fn(params, example, **loss_hyperparams)``; traced, so other
+        values reuse the compiled program.
 
     Returns:
       A :class:`FitResult`.
@@ -107,6 +141,20 @@ def fit(
     _validate.check_params(params)
     hp = _optimizer.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
     _optimizer.check_traceable(optimizer, params, hp)
+    lhp = _validate_eval.loss_values(loss_hyperparams, allow_arrays=False)
+    _validate_eval.loss_keywords(loss_fn, lhp)
+    evaluation, eval_arrays = _validate_eval.evaluation(
+        args.it,
+        eval_data=eval_data,
+        metrics=metrics,
+        eval_every=eval_every,
+        monitor=monitor,
+        mode=mode,
+        patience=patience,
+        min_delta=min_delta,
+        keep_best=keep_best,
+        tol=args.tol,
+    )
     cfg = _config.config(
         loss_fn,
         optimizer,
@@ -116,6 +164,8 @@ def fit(
         log_every=args.log_every,
         has_aux=has_aux,
         batched=batched,
+        evaluation=evaluation,
+        loss_hparams=tuple(lhp),
     )
 
     def settings() -> dict[str, Any]:  # only called with a checkpoint: it hashes the data and params
@@ -132,13 +182,21 @@ def fit(
             has_aux=bool(has_aux),
             batched=bool(batched),
             params=_settings.params_settings(params),
+            evaluation=_settings.evaluation_settings(cfg.evaluation, eval_arrays, {k: float(v) for k, v in lhp.items()}),
         )
 
     ckpt = _settings.checkpointer(checkpoint, checkpoint_every, optimizer=optimizer, settings=settings)
-    inputs = Inputs(args.it, params, _config.hparam_arrays(hp), args.key, _config.tol_array(cfg, args.tol))
+    inputs = _config.inputs(cfg, args, params, hp, lhp, eval_arrays)
     hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt)
     with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
         out = _runner.run(Layout(cfg), inputs, args.epochs, hooks=hooks)
     return FitResult.build(
-        cfg, args.it, out.run, hp, wall_time=out.run_time, compile_time=out.compile_time, resumed_from=out.resumed_from
+        cfg,
+        args.it,
+        out.run,
+        hp,
+        lhp,
+        wall_time=out.run_time,
+        compile_time=out.compile_time,
+        resumed_from=out.resumed_from,
     )

@@ -1,82 +1,26 @@
 """What ``fit`` and ``sweep`` return, built by one function over a member axis.
 
-:func:`histories` turns the run states of ``M`` members (the program's loss
-sums, epoch losses and flags, on the host) into per-member arrays; a
-:class:`SweepResult` holds them as they are and a :class:`FitResult` is the
-one-member view. Text views of a sweep (``summary``, ``to_rows``) are made
+:func:`gdjax._history.histories` turns the run states of ``M`` members into
+per-member arrays; a :class:`SweepResult` holds them as they are and a
+:class:`FitResult` is the one-member view. Text views of a sweep (``summary``, ``to_rows``) are made
 by :mod:`gdjax.cli.report`, beside the command line that prints them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
+from gdjax._history import histories
 from gdjax._program import Config, RunState
-from gdjax._types import PyTree, ceil_div
+from gdjax._types import PyTree
 from gdjax.data import DataIterator
 from gdjax.step import TrainState
 
 __all__ = ["FitResult", "SweepResult"]
-
-
-class Histories(NamedTuple):
-    """Per-member arrays of a finished run (leading axis ``M``)."""
-
-    losses: np.ndarray
-    epoch_losses: np.ndarray
-    initial_loss: np.ndarray
-    final_loss: np.ndarray
-    diverged: np.ndarray
-    diverged_at: np.ndarray
-    converged: np.ndarray
-    num_steps: np.ndarray
-    num_epochs: np.ndarray
-
-
-def stop_position(run_epoch: int, diverged_at: int, steps_per_epoch: int) -> int:
-    """Step positions a run went through (including a rejected one)."""
-    if diverged_at >= 0:
-        return min(diverged_at + 1, run_epoch * steps_per_epoch)
-    return run_epoch * steps_per_epoch
-
-
-def window_means(sums: np.ndarray, positions: int, log_every: int) -> np.ndarray:
-    """Turn window sums over ``positions`` step positions into window means."""
-    count = ceil_div(positions, log_every)
-    sizes = np.minimum(log_every, positions - log_every * np.arange(count))
-    return sums[..., :count] / sizes
-
-
-def histories(cfg: Config, steps_per_epoch: int, run: RunState, *, members: bool = True) -> Histories:
-    """The per-member histories of ``run`` (``members=False``: a run without a member axis, as one member)."""
-    fields, step = jax.device_get((tuple(run)[1:], run.train.step))  # one transfer; the params stay where they are
-    if not members:
-        fields, step = jax.tree.map(lambda x: np.asarray(x)[None], (fields, step))
-    host = RunState(run.train._replace(step=step), *fields)
-    num_epochs = np.asarray(host.epoch, np.int64)
-    diverged_at = np.asarray(host.diverged_at, np.int64)
-    positions = [stop_position(int(e), int(d), steps_per_epoch) for e, d in zip(num_epochs, diverged_at, strict=True)]
-    width = ceil_div(max(positions), cfg.log_every) if positions else 0
-    losses = np.full((len(positions), width), np.nan, host.loss_sums.dtype)
-    for k, pos in enumerate(positions):
-        means = window_means(host.loss_sums[k], pos, cfg.log_every)
-        losses[k, : len(means)] = means
-    epochs_run = int(num_epochs.max()) if len(num_epochs) else 0
-    return Histories(
-        losses=losses,
-        epoch_losses=np.asarray(host.epoch_losses)[:, :epochs_run],
-        initial_loss=np.asarray(host.initial_loss),
-        final_loss=np.asarray(host.last_loss),
-        diverged=np.asarray(host.diverged),
-        diverged_at=diverged_at,
-        converged=np.asarray(host.converged),
-        num_steps=np.asarray(host.train.step, np.int64),
-        num_epochs=num_epochs,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +33,27 @@ class FitResult:
       state: the final :class:`gdjax.TrainState` (params, optimizer state, step).
       losses: per logged window, the mean mini-batch loss of its steps
         (one entry per step with ``log_every=1``); NaN after a divergence.
-      epoch_losses: the full-data loss after each epoch run.
+      epoch_losses: the full-data loss after each epoch run (NaN after epochs
+        that were not evaluated, with ``eval_every`` other than 1).
+      history: name -> one value per evaluation: ``"loss"`` (full-data
+        training loss), each metric, ``"aux/<name>"`` (each aux output's mean
+        over the training data), and with ``eval_data`` the same prefixed
+        ``eval_`` (``"eval_loss"``, ``"eval_acc"``, ``"eval_aux/<name>"``).
+      history_epochs: the epoch after which each evaluation was taken
+        (``eval_every``, ``2 * eval_every``, ... and, unless ``eval_every``
+        is 1, the last epoch, evaluated when the run finished).
+      final_metrics: name -> the value for the final ``params`` (the keys of ``history``).
+      step_aux: aux name -> per logged window, the mean of that aux output
+        over the window's steps (beside ``losses``; NaN after a divergence).
       initial_loss: the full-data loss before training.
       final_loss: the full-data loss of ``params`` (after the last epoch run).
+      monitor, mode: the value early stopping and ``best_*`` watch, and
+        whether lower (``"min"``) or higher (``"max"``) is better.
+      best_epoch: the epoch after which the best monitored evaluation was
+        taken (None if no evaluation was finite).
+      best_value: the monitored value then (None likewise).
+      best_params: the parameters then (with ``keep_best=True``; else None).
+      stopped_early: ``patience`` evaluations passed without improvement.
       num_steps: parameter updates taken.
       num_epochs: epochs run (fewer than asked if it converged or diverged).
       converged: the full-data loss reached ``tol``.
@@ -105,6 +67,7 @@ class FitResult:
       batch_size: examples per batch.
       examples_per_epoch: examples with weight in one epoch.
       hyperparams: the optimizer values used (factory form), as floats.
+      loss_hyperparams: the loss's keyword values, as floats.
       wall_time: seconds the compiled run took, compilation excluded.
       compile_time: seconds spent tracing and compiling (about 0 when cached).
       resumed_from: the epoch a checkpoint resumed this run from (0: from the start).
@@ -114,6 +77,10 @@ class FitResult:
     state: TrainState
     losses: np.ndarray
     epoch_losses: np.ndarray
+    history: dict[str, np.ndarray]
+    history_epochs: np.ndarray
+    final_metrics: dict[str, Any]
+    step_aux: dict[str, np.ndarray]
     initial_loss: float
     final_loss: float
     num_steps: int
@@ -121,11 +88,18 @@ class FitResult:
     converged: bool
     diverged: bool
     diverged_at: int | None
+    monitor: str
+    mode: str
+    best_epoch: int | None
+    best_value: float | None
+    best_params: PyTree | None
+    stopped_early: bool
     log_every: int
     steps_per_epoch: int
     batch_size: int
     examples_per_epoch: int
     hyperparams: dict[str, float]
+    loss_hyperparams: dict[str, float]
     wall_time: float
     compile_time: float
     resumed_from: int = 0
@@ -138,16 +112,28 @@ class FitResult:
 
     @classmethod
     def build(
-        cls, cfg: Config, it: DataIterator, run: RunState, hyperparams: dict[str, Any], **extra: Any
+        cls,
+        cfg: Config,
+        it: DataIterator,
+        run: RunState,
+        hyperparams: dict[str, Any],
+        loss_hyperparams: dict[str, Any],
+        **extra: Any,
     ) -> FitResult:
-        """The one-member view of :func:`histories` for a run without a member axis."""
+        """The one-member view of :func:`gdjax._history.histories` for a run without a member axis."""
         h = histories(cfg, it.num_batches, run, members=False)
-        at = int(h.diverged_at[0])
+        at, best = int(h.diverged_at[0]), int(h.best_epoch[0])
+        ev = cfg.evaluation
+        first = lambda d: {k: v[0] for k, v in d.items()}  # noqa: E731
         return cls(
             params=run.train.params,
             state=run.train,
             losses=h.losses[0],
             epoch_losses=h.epoch_losses[0],
+            history=first(h.history),
+            history_epochs=h.history_epochs,
+            final_metrics={k: v.item() if v.ndim == 0 else v for k, v in first(h.final_metrics).items()},
+            step_aux=first(h.step_aux),
             initial_loss=float(h.initial_loss[0]),
             final_loss=float(h.final_loss[0]),
             num_steps=int(h.num_steps[0]),
@@ -155,11 +141,18 @@ class FitResult:
             converged=bool(h.converged[0]),
             diverged=bool(h.diverged[0]),
             diverged_at=at if at >= 0 else None,
+            monitor=ev.monitor,
+            mode=ev.mode,
+            best_epoch=best if best >= 0 else None,
+            best_value=float(h.best_value[0]) if best >= 0 else None,
+            best_params=run.watch.best_params if ev.keep_best and best >= 0 else None,
+            stopped_early=bool(h.stopped_early[0]),
             log_every=cfg.log_every,
             steps_per_epoch=it.num_batches,
             batch_size=it.batch_size,
             examples_per_epoch=it.examples_per_epoch,
             hyperparams={k: float(v) for k, v in hyperparams.items()},
+            loss_hyperparams={k: float(v) for k, v in loss_hyperparams.items()},
             **extra,
         )
 
@@ -169,8 +162,9 @@ class SweepResult:
     """The results of every member of a sweep, stacked along a leading member axis.
 
     Attributes:
-      hyperparams: name -> ``(M,)`` values per member (``learning_rate``
-        first when swept).
+      hyperparams: name -> ``(M,)`` optimizer values per member
+        (``learning_rate`` first when swept).
+      loss_hyperparams: name -> ``(M,)`` loss keyword values per member.
       seeds: ``(M,)`` seed per member, or None without seeds.
       params: the final parameters, each leaf with a leading axis ``M``
         (for diverged members, the last ones that passed the divergence checks).
@@ -178,12 +172,26 @@ class SweepResult:
       losses: ``(M, W)`` mean step loss per window of ``log_every`` steps;
         NaN after a member stopped or diverged.
       epoch_losses: ``(M, E)`` full-data loss after each epoch; NaN where a
-        member did not run that epoch.
+        member did not run or evaluate that epoch.
+      history: name -> ``(M, K)``, one value per evaluation (the names of
+        :attr:`gdjax.FitResult.history`); NaN after a member stopped.
+      history_epochs: ``(K,)`` the epoch after which each evaluation was
+        taken, shared by the members (see :mod:`gdjax._history`: the last,
+        when ``eval_every`` is not 1, holds each member's final evaluation).
+      final_metrics: name -> ``(M,)`` the values for each member's final params.
+      step_aux: aux name -> ``(M, W)`` per-window means of that aux output.
       initial_loss: ``(M,)`` full-data loss before training.
       final_loss: ``(M,)`` full-data loss of each member's final params.
       diverged: ``(M,)`` bool, the member hit a non-finite loss or params.
       diverged_at: ``(M,)`` the rejected step, -1 where none.
       converged: ``(M,)`` bool, the member reached ``tol``.
+      stopped_early: ``(M,)`` bool, ``patience`` ran out for the member.
+      monitor, mode: the value model selection and early stopping watch,
+        and whether lower or higher is better.
+      best_epoch: ``(M,)`` the epoch of each member's best monitored evaluation (-1: none).
+      best_value: ``(M,)`` that value (NaN: none).
+      best_epoch_params: with ``keep_best=True``, each member's parameters
+        at its best epoch (leading axis ``M``); else None.
       num_steps: ``(M,)`` updates taken.
       num_epochs: ``(M,)`` epochs run.
       log_every, steps_per_epoch, batch_size, examples_per_epoch: as in
@@ -198,16 +206,27 @@ class SweepResult:
     """
 
     hyperparams: dict[str, np.ndarray]
+    loss_hyperparams: dict[str, np.ndarray]
     seeds: np.ndarray | None
     params: PyTree
     state: TrainState
     losses: np.ndarray
     epoch_losses: np.ndarray
+    history: dict[str, np.ndarray]
+    history_epochs: np.ndarray
+    final_metrics: dict[str, np.ndarray]
+    step_aux: dict[str, np.ndarray]
     initial_loss: np.ndarray
     final_loss: np.ndarray
     diverged: np.ndarray
     diverged_at: np.ndarray
     converged: np.ndarray
+    stopped_early: np.ndarray
+    monitor: str
+    mode: str
+    best_epoch: np.ndarray
+    best_value: np.ndarray
+    best_epoch_params: PyTree | None
     num_steps: np.ndarray
     num_epochs: np.ndarray
     log_every: int
@@ -223,9 +242,13 @@ class SweepResult:
     def build(cls, cfg: Config, it: DataIterator, run: RunState, **extra: Any) -> SweepResult:
         """The result of a sweep from the stacked run states of every member."""
         h = histories(cfg, it.num_batches, run)
+        ev = cfg.evaluation
         return cls(
             params=run.train.params,
             state=run.train,
+            monitor=ev.monitor,
+            mode=ev.mode,
+            best_epoch_params=run.watch.best_params if ev.keep_best else None,
             log_every=cfg.log_every,
             steps_per_epoch=it.num_batches,
             batch_size=it.batch_size,
@@ -249,32 +272,52 @@ class SweepResult:
         return ~self.diverged & np.isfinite(self.final_loss)
 
     @property
+    def selection(self) -> np.ndarray:
+        """``(M,)`` the monitored value each member is ranked by: of its best epoch with ``keep_best``, else final.
+
+        That is the value of the parameters :attr:`best_params` returns.
+        """
+        if self.best_epoch_params is not None:
+            return self.best_value
+        return np.asarray(self.final_metrics[self.monitor], np.float64)
+
+    @property
     def best_index(self) -> int | None:
-        """The healthy member with the lowest final full-data loss (None if every member diverged)."""
-        if not self.healthy.any():
+        """The healthy member with the best :attr:`selection` (lowest, or highest with ``mode="max"``).
+
+        Without evaluation options that is the lowest final full-data loss.
+        None if no healthy member has a finite value.
+        """
+        value = np.asarray(self.selection, np.float64)
+        ok = self.healthy & np.isfinite(value)
+        if not ok.any():
             return None
-        return int(np.argmin(np.where(self.healthy, self.final_loss, np.inf)))
+        if self.mode == "max":
+            return int(np.argmax(np.where(ok, value, -np.inf)))
+        return int(np.argmin(np.where(ok, value, np.inf)))
 
     @property
     def best_hyperparams(self) -> dict[str, float] | None:
-        """The hyperparameters (and seed) of the best member."""
+        """The hyperparameters (optimizer and loss) and seed of the best member."""
         k = self.best_index
         if k is None:
             return None
-        best = {name: float(v[k]) for name, v in self.hyperparams.items()}
+        best = {name: float(v[k]) for name, v in {**self.hyperparams, **self.loss_hyperparams}.items()}
         if self.seeds is not None:
             best["seed"] = int(self.seeds[k])
         return best
 
     @property
     def best_params(self) -> PyTree | None:
-        """The final parameters of the best member."""
+        """The parameters of the best member: at its best epoch with ``keep_best``, else its final ones."""
         k = self.best_index
-        return None if k is None else self.member_params(k)
+        return None if k is None else self.member_params(k, best=self.best_epoch_params is not None)
 
-    def member_params(self, k: int) -> PyTree:
-        """The final parameters of member ``k``."""
-        return jax.tree.map(lambda x: x[k], self.params)
+    def member_params(self, k: int, *, best: bool = False) -> PyTree:
+        """The final parameters of member ``k`` (``best=True``: at its best epoch; needs ``keep_best``)."""
+        if best and self.best_epoch_params is None:
+            raise ValueError("best=True needs the sweep to be run with keep_best=True.")
+        return jax.tree.map(lambda x: x[k], self.best_epoch_params if best else self.params)
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One dict per member: its hyperparameters, seed, losses and flags (for pandas or CSV).

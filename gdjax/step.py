@@ -72,7 +72,7 @@ def accumulation_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean over the leading (batch) axis of the entries the mask keeps; trailing axes stay.
 
     Taken in :func:`accumulation_dtype` as ``sum(values * (mask / count))``:
@@ -89,8 +89,11 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = False) -> Callable:
     """Turn a per-example loss into ``f(params, batch) -> (loss, aux)``.
 
-    ``aux`` is the mask-weighted mean of each floating leaf of the per-example
-    auxiliary output (``None`` without ``has_aux``).
+    ``aux`` is the masked mean over the batch's real examples of each leaf of
+    the per-example auxiliary output, in float32 at least: an int or bool
+    leaf becomes the fraction (or mean count) over real examples, so padding
+    rows of a ragged batch never count (``None`` without ``has_aux``; with
+    ``batched=True`` the loss's own aux, as it returned it).
 
     Raises:
       TypeError: at trace time, if ``loss_fn`` does not return a float scalar.
@@ -124,11 +127,9 @@ def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = Fals
             check_scalar_loss(loss, has_aux=has_aux, batched=True)
             return loss, aux
         losses, aux = jax.vmap(per_example, in_axes=(None, 0))(params, batch.data)
-        loss = _masked_mean(losses, batch.mask)
+        loss = masked_mean(losses, batch.mask)
         if aux is not None:
-            aux = jax.tree.map(
-                lambda a: _masked_mean(a, batch.mask) if jnp.issubdtype(a.dtype, jnp.floating) else a, aux
-            )
+            aux = jax.tree.map(lambda a: masked_mean(jnp.asarray(a), batch.mask), aux)
         return loss, aux
 
     return fn
@@ -199,7 +200,9 @@ def make_step(
         the params, so optimizers that need them (weight decay, lookahead...)
         work.
       has_aux: ``loss_fn`` returns ``(loss, aux)``; ``metrics["aux"]`` holds
-        the batch mean of ``aux``.
+        the masked mean of each ``aux`` leaf over the batch's real examples
+        (an int or bool leaf as a float fraction: padding rows never count).
+        With ``batched=True``, the aux as ``loss_fn`` returned it.
       batched: ``loss_fn`` takes the whole batch and applies the mask itself.
 
     Returns:

@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _config, _hooks, _optimizer, _plan, _runner, _settings, _validate
+from gdjax import _config, _hooks, _optimizer, _plan, _runner, _settings, _validate, _validate_eval
 from gdjax._program import AXIS, Inputs, Layout
 from gdjax._types import PyTree
 from gdjax.checkpoint import Checkpointer, holding
@@ -144,6 +144,15 @@ def sweep(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    eval_data: PyTree | DataIterator | None = None,
+    metrics: Mapping[str, Callable[..., Any]] | None = None,
+    eval_every: int = 1,
+    monitor: str | None = None,
+    mode: str = "auto",
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    keep_best: bool = False,
+    loss_hyperparams: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Train one model per hyperparameter setting (and seed), all in one compiled program.
 
@@ -162,8 +171,8 @@ def sweep(
       learning_rates: 1-D array of learning rates.
       hyperparams: name -> 1-D array (swept) or number (fixed), passed to
         ``optimizer_fn`` as keywords.
-      grid: combine ``learning_rates`` and ``hyperparams`` as a Cartesian
-        product instead of zipping them.
+      grid: combine ``learning_rates``, ``hyperparams`` and
+        ``loss_hyperparams`` as a Cartesian product instead of zipping them.
       seeds: a count or 1-D array of seeds; each seed gets its own
         initialisation (when ``params`` is a function) and data order, and
         is combined with every hyperparameter setting.
@@ -185,6 +194,14 @@ def sweep(
         for the whole sweep); called again with the same arguments, the sweep
         resumes from it (``SweepResult.resumed_from`` says where).
       checkpoint_every: save every this many epochs (default 1), and at the end.
+      eval_data, metrics, eval_every, monitor, mode, patience, min_delta,
+        keep_best: evaluation and early stopping, per member, as for
+        :func:`gdjax.fit`. A member that stops early is frozen like a
+        converged one while the others go on; :attr:`SweepResult.best_index`
+        ranks the members by the monitored value.
+      loss_hyperparams: name -> 1-D array (swept) or number (fixed), passed
+        to the loss as keywords (``loss_fn(params, example, *, l2)``);
+        zipped or combined with ``grid`` like ``hyperparams``, and traced.
 
     Returns:
       A :class:`SweepResult`.
@@ -204,8 +221,21 @@ def sweep(
     """
     _optimizer.require_factory(optimizer_fn)
     args = _validate.run_arguments(loss_fn, data, epochs, key, tol, log_every, progress)
-    table = _plan.members(learning_rates, hyperparams, grid=grid, seeds=seeds)
+    table = _plan.members(learning_rates, hyperparams, grid=grid, seeds=seeds, loss_hyperparams=loss_hyperparams)
     _optimizer.check_keywords(optimizer_fn, table.hyperparams, learning_rate="learning_rates")
+    _validate_eval.loss_keywords(loss_fn, table.loss_hyperparams)
+    evaluation, eval_arrays = _validate_eval.evaluation(
+        args.it,
+        eval_data=eval_data,
+        metrics=metrics,
+        eval_every=eval_every,
+        monitor=monitor,
+        mode=mode,
+        patience=patience,
+        min_delta=min_delta,
+        keep_best=keep_best,
+        tol=args.tol,
+    )
     if chunk_size is not None:
         chunk_size = _validate.check_positive_int(chunk_size, "chunk_size", low=1)
     devs = _plan.check_devices(devices)
@@ -227,10 +257,18 @@ def sweep(
         has_aux=has_aux,
         batched=batched,
         members=rows,
+        evaluation=evaluation,
+        loss_hparams=tuple(table.loss_hyperparams),
     )
     mesh = Mesh(np.array(devs), (AXIS,)) if len(devs) > 1 else None
     layout = Layout(cfg, True, starts.params_batched, starts.keys_batched, mesh)
-    options = {"has_aux": has_aux, "batched": batched, "rows": rows, "devices": len(devs)}
+    options = {
+        "has_aux": has_aux,
+        "batched": batched,
+        "rows": rows,
+        "devices": len(devs),
+        "evaluation": (cfg.evaluation, eval_arrays),
+    }
     settings = functools.cache(functools.partial(_sweep_settings, loss_fn, optimizer_fn, params, args, table, options))
     ckpts = [
         _settings.checkpointer(
@@ -241,7 +279,16 @@ def sweep(
     with holding(ckpts):  # one lock on the folder for every chunk, until sweep returns or raises
         outs = [
             _run_chunk(
-                layout, args, table, starts, c, len(chunks), devs[0], progress=progress, checkpointer=ckpts[c.number]
+                layout,
+                args,
+                table,
+                starts,
+                c,
+                len(chunks),
+                devs[0],
+                eval_data=eval_arrays,
+                progress=progress,
+                checkpointer=ckpts[c.number],
             )
             for c in chunks
         ]
@@ -268,6 +315,7 @@ def _result(
         args.it,
         run,
         hyperparams=table.hyperparams,
+        loss_hyperparams=table.loss_hyperparams,
         seeds=table.seeds,
         wall_time=sum(o.run_time for o in outs),
         compile_time=sum(o.compile_time for o in outs),
@@ -301,6 +349,9 @@ def _sweep_settings(
         chunk=options["rows"],
         devices=options["devices"],
         params=_settings.describe(params) if callable(params) else _settings.params_settings(params),
+        evaluation=_settings.evaluation_settings(
+            *options["evaluation"], {k: np.asarray(v).tolist() for k, v in table.loss_hyperparams.items()}
+        ),
     )
 
 
@@ -313,12 +364,21 @@ def _run_chunk(
     num_chunks: int,
     device: jax.Device,
     *,
+    eval_data: PyTree,
     progress: bool,
     checkpointer: Checkpointer | None,
 ) -> _runner.Outcome:
     """Place one chunk's inputs on its devices and run it."""
-    hp = _config.hparam_arrays({k: v[chunk.rows] for k, v in table.hyperparams.items()})
-    inputs = Inputs(args.it, starts.params(chunk), hp, starts.keys(chunk), _config.tol_array(layout.cfg, args.tol))
+    rows = lambda values: {k: v[chunk.rows] for k, v in values.items()}  # noqa: E731
+    inputs = _config.inputs(
+        layout.cfg,
+        args,
+        starts.params(chunk),
+        rows(table.hyperparams),
+        rows(table.loss_hyperparams),
+        eval_data,
+        key=starts.keys(chunk),
+    )
     desc = "sweep" if num_chunks == 1 else f"sweep, chunk {chunk.number + 1}/{num_chunks}"
     bar = ProgressBar(args.epochs, desc, members=chunk.real) if progress else None
     hooks = _hooks.hooks(bar, checkpointer)
@@ -337,6 +397,9 @@ def _place(layout: Layout, inputs: Inputs, device: jax.Device) -> Inputs:
         hparams=put(inputs.hparams, True),
         key=put(inputs.key, layout.keys_batched),
         tol=put(inputs.tol, False),
+        loss_hparams=put(inputs.loss_hparams, True),
+        eval_data=put(inputs.eval_data, False),
+        epochs=put(inputs.epochs, False),
     )
 
 
