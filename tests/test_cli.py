@@ -156,6 +156,8 @@ def test_sweep_logistic_standardized_in_process(tmp_path: Path, monkeypatch, cap
     assert summary["best"]["weights"]["const"] == 0.0  # a constant column standardizes to zeros
     assert summary["best"]["final_loss"] < 0.3
     assert summary["settings"]["batch_size"] == "full" and summary["settings"]["steps_per_epoch"] == 1
+    assert summary["settings"]["classes"] == [0, 1] and summary["settings"]["num_classes"] == 2
+    assert summary["best"]["train_accuracy"] > 0.9 and isinstance(summary["best"]["bias"], float)
 
 
 @pytest.mark.slow
@@ -165,6 +167,112 @@ def test_sweep_mlp_in_process(linear_csv: Path, tmp_path: Path, capsys) -> None:
     assert "MLP regression" in capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["settings"]["hidden"] == 8 and "weights" not in (summary["best"] or {})
+
+
+@pytest.fixture(scope="module")
+def digits_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sklearn's digits (bundled, no download): 1797 rows, 64 pixel columns p0..p63, ten classes in 'digit'."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    header = [f"p{j}" for j in range(64)] + ["digit"]
+    table = np.column_stack([digits.data, digits.target])
+    return _write(tmp_path_factory.mktemp("digits") / "digits.csv", header, table)
+
+
+def test_sweep_softmax_regression_on_digits(digits_csv: Path, tmp_path: Path, capsys) -> None:
+    args = ["sweep", str(digits_csv), "--target", "digit", "--model", "logistic", "--standardize"]
+    args += ["--optimizer", "adam"]
+    args += ["--lr-min", "0.01", "--lr-max", "0.1", "--num-lrs", "2", "--epochs", "3", "--batch-size", "128"]
+    assert cli.main([*args, "--no-progress", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gdjax sweep: softmax regression of 'digit' (10 classes: 0, 1, 2, ..., 9) on 64 features" in out
+    summary = _strict_json((tmp_path / "summary.json").read_text())
+    settings, best = summary["settings"], summary["best"]
+    assert settings["num_classes"] == 10 and settings["classes"] == list(range(10))
+    accuracy = best["train_accuracy"]
+    assert accuracy > 0.9, accuracy
+    assert f"training accuracy of the best: {accuracy:.4f} ({round(accuracy * 1797)} of 1797 rows" in out
+    # the written weights (one per feature and class) and biases are the model whose accuracy was reported
+    with digits_csv.open(newline="") as f:
+        table = np.array(list(csv.reader(f))[1:], dtype=np.float64)
+    x, y = table[:, :64], table[:, 64]
+    features = [f"p{j}" for j in range(64)]
+    mean = np.array([settings["standardization"][c]["mean"] for c in features])
+    std = np.array([settings["standardization"][c]["std"] for c in features])
+    w = np.array([best["weights"][c] for c in features])
+    assert w.shape == (64, 10) and len(best["bias"]) == 10
+    predicted = np.argmax((x - mean) / std @ w + np.array(best["bias"]), axis=1)
+    assert np.mean(predicted == y) == pytest.approx(accuracy, abs=3 / len(y))  # float32 training, float64 here
+    with (tmp_path / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["num_steps"] == "45" for r in rows)  # 3 epochs of ceil(1797 / 128) = 15
+    assert all(float(r["initial_loss"]) == pytest.approx(np.log(10), rel=1e-6) for r in rows)  # zero start: log C
+
+
+def _binary_rows(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, 2))
+    return x, (x[:, 0] - 0.5 * x[:, 1] + 0.3 * rng.normal(size=n) > 0).astype(float)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0, 1), (-1, 1), pytest.param(3, 7, marks=pytest.mark.slow)])
+def test_two_labels_are_the_binary_model_as_before(low: int, high: int, tmp_path: Path, capsys) -> None:
+    """Two labels train the binary logistic regression of ``gd.models.logistic()``, bit for bit, on 0/1."""
+    x, y01 = _binary_rows()
+    path = _write(tmp_path / "bin.csv", ["a", "b", "label"], np.column_stack([x, np.where(y01 == 1, high, low)]))
+    args = ["sweep", str(path), "--target", "label", "--model", "logistic", "--batch-size", "full"]
+    args += ["--lr-min", "0.1", "--lr-max", "1", "--num-lrs", "2", "--epochs", "5", "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"logistic regression of 'label' (2 classes: {low}, {high}) on 2 features" in out
+    summary = _strict_json((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["classes"] == [low, high] and summary["settings"]["num_classes"] == 2
+    best = summary["best"]
+    assert isinstance(best["bias"], float) and all(isinstance(v, float) for v in best["weights"].values())
+    model = gd.models.logistic()
+    data = {"x": x.astype(np.float32), "y": y01.astype(np.float32)}  # the 0/1 float target of the binary model
+    direct = gd.sweep(model.loss, model.init(None, 2), optax.sgd, gd.full_batch(data),
+                      learning_rates=np.geomspace(0.1, 1, 2), epochs=5, key=jax.random.key(0))  # fmt: skip
+    with (tmp_path / "out" / "results.csv").open(newline="") as f:
+        final = [float(r["final_loss"]) for r in csv.DictReader(f)]
+    np.testing.assert_array_equal(final, np.asarray(direct.final_loss, np.float64))
+    k = direct.best_index
+    assert best["weights"] == dict(zip(["a", "b"], np.asarray(direct.params["w"][k]).tolist(), strict=True))
+    hits = jax.vmap(model.metrics["acc"], in_axes=(None, 0))(direct.best_params, data)
+    assert best["train_accuracy"] == float(np.mean(np.asarray(hits, np.float64)))
+    assert best["train_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes", "expected"),
+    [
+        (["0", "1", "1", "0"], [0, 1], [0, 1, 1, 0]),
+        (["-1", "1", "1"], [-1, 1], [0, 1, 1]),
+        (["9", "3", "5", "3"], [3, 5, 9], [2, 0, 1, 0]),
+        (["2.0", "1e1", " 2 ", "10."], [2, 10], [0, 1, 0, 1]),
+        (["16777217", "16777216"], [16777216, 16777217], [1, 0]),  # one apart, past float32's exact whole numbers
+    ],
+    ids=["zero-one", "minus-one-one", "unsorted", "written-as-floats", "past-float32"],
+)
+def test_class_labels_are_numbered_in_sorted_order(labels, classes, expected, tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
+    table = csvdata.load_csv(path, "y", labels=True)
+    assert table.classes == classes and all(type(c) is int for c in table.classes)
+    assert table.y.dtype == np.int32 and table.y.tolist() == expected
+    assert table.x[:, 0].tolist() == list(range(len(labels))) and table.features == ["a"]
+    plain = csvdata.load_csv(path, "y")
+    assert plain.classes is None and plain.y.dtype == np.float32
+
+
+def test_memory_estimate_counts_a_weight_per_feature_and_class(monkeypatch) -> None:
+    monkeypatch.setattr(_limits, "memory_limit", lambda: (256 * 2**20, "a test's limit"))
+    args = types.SimpleNamespace(epochs=1, model="logistic", hidden=32, optimizer="sgd", num_lrs=1)
+    _limits.check_size(args, 10, 10**6, 10, 1)  # one output: about 16 MB of parameters and their copies
+    _limits.check_size(args, 10, 10**6, 10, 1, num_outputs=2)
+    with pytest.raises(cli._common.UsageError, match=r"100,000,100 parameters"):  # (10**6 + 1) x 100 classes
+        _limits.check_size(args, 10, 10**6, 10, 1, num_outputs=100)
 
 
 @pytest.mark.slow
@@ -188,7 +296,8 @@ def test_version(capsys) -> None:
 SWEEP_OPTIONS = [
     "DATA.csv", "--target", "--model", "--hidden", "--lr-min", "--lr-max", "--num-lrs", "--batch-size",
     "--epochs", "--optimizer", "--standardize", "--seed", "--out", "--no-progress", "linear", "logistic", "mlp",
-    "sgd", "momentum", "adam", "default: 32", "full", "examples:",
+    "sgd", "momentum", "adam", "default: 32", "full", "examples:", "softmax regression", "whole-number labels",
+    '"classes"', "training accuracy",
 ]  # fmt: skip
 
 
@@ -218,6 +327,7 @@ def test_no_command_is_one_error_line(capsys) -> None:
 
 
 GOOD = "a,b,y\n1,2,3\n4,5,6\n7,8,9\n"
+LOGISTIC = ["--model", "logistic"]
 
 # (id, file contents or None for no file, extra arguments, details the message must contain)
 BAD_INPUTS = [
@@ -250,7 +360,14 @@ BAD_INPUTS = [
     ("huge-header", ",".join(f"c{i}" for i in range(100_000)) + "\n", [], ["no column 'y'", "100,000 columns"]),
     ("unnamed-column", "a,,y\n1,2,3\n", [], ["column 2", "no name"]),
     ("only-target", "y\n1\n2\n", [], ["only the target column 'y'", "feature"]),
-    ("logistic-non-binary", "a,b,y\n1,2,0\n\n3,4,2\n", ["--model", "logistic"], ["line 4", "column 'y'", "0 or 1"]),
+    ("logistic-fraction", "a,b,y\n1,2,0\n\n3,4,0.5\n", LOGISTIC, ["line 4", "column 'y'", "0.5 is not a whole number"]),
+    ("logistic-fraction-fix", "a,b,y\n1,2,0\n3,4,0.5\n", LOGISTIC, ["class labels", "1 of the 2 rows has a", "linear"]),
+    ("logistic-nearly-whole", "a,b,y\n1,2,2.0000001\n3,4,1.5\n", LOGISTIC, ["line 2", "2.0000001 is not", "2 of the"]),
+    ("logistic-string-label", "a,b,y\n1,2,0\n3,4,cat\n", LOGISTIC, ["line 3", "column 'y'", "'cat' is not a number"]),
+    ("logistic-string-fix", "a,b,y\n1,2,cat\n", LOGISTIC, ["class labels as whole numbers", "as 0, 1, 2, ..."]),
+    ("logistic-one-class", "a,b,y\n1,2,4\n3,4,4\n", LOGISTIC, ["column 'y'", "every row has the label 4", "two"]),
+    ("logistic-string-feature", "a,b,y\n1,x,0\n", LOGISTIC, ["column 'b'", "'x' is not a number; every column must"]),
+    ("linear-string-target", "a,b,y\n1,2,cat\n", [], ["column 'y'", "'cat' is not a number; every column must"]),
     ("num-lrs", GOOD, ["--num-lrs", "0"], ["--num-lrs", "at least 1", "got 0"]),
     ("lr-min-zero", GOOD, ["--lr-min", "0"], ["--lr-min", "positive"]),
     ("lr-min-negative", GOOD, ["--lr-min", "-1"], ["--lr-min", "positive"]),
@@ -322,7 +439,7 @@ def test_float32_max_as_printed_is_read(cell: str, tmp_path: Path) -> None:
     """``3.4028235e38`` is how float32's largest value prints: a little above it in float64, yet finite in float32."""
     path = tmp_path / "d.csv"
     path.write_text(f"a,y\n{cell},1\n1,2\n")
-    x, _, _ = csvdata.load_csv(path, "y")
+    x = csvdata.load_csv(path, "y").x
     assert np.isfinite(x).all() and abs(x[0, 0]) == np.finfo(np.float32).max
     limit = csvdata._FLOAT32_OVERFLOW  # the first float64 that float32 rounds to inf, the next below stays finite
     with np.errstate(over="ignore"):
@@ -332,7 +449,8 @@ def test_float32_max_as_printed_is_read(cell: str, tmp_path: Path) -> None:
 def test_plain_numbers_are_read(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("a,b,c,d,e,f,y\n 1.5 ,-2,+.5,1e3,7.,2E-2,0\n")
-    x, y, _ = csvdata.load_csv(path, "y")
+    x, y, _, classes = csvdata.load_csv(path, "y")
+    assert classes is None and y.dtype == np.float32
     np.testing.assert_array_equal(x, np.array([[1.5, -2, 0.5, 1000, 7, 0.02]], np.float32))
     assert y.tolist() == [0.0]
 

@@ -40,15 +40,25 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_json(args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, Any]) -> dict[str, Any]:
+def summary_json(
+    args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, Any], accuracy: float | None = None
+) -> dict[str, Any]:
+    """What summary.json holds; ``accuracy`` is the best member's on the training rows (classification only).
+
+    A linear model's ``weights`` map each feature to its weight, or with
+    softmax regression to its list of weights, one per class (in the order
+    of ``settings.classes``), and ``bias`` is then a list too.
+    """
     k, lrs = sw.best_index, sw.learning_rates
     best: dict[str, Any] | None = None
     if k is not None and lrs is not None:
         best = {"learning_rate": float(lrs[k]), "final_loss": float(sw.final_loss[k]), "member": k}
+        if accuracy is not None:
+            best["train_accuracy"] = accuracy
         if args.model != "mlp":
             p = jax.device_get(sw.best_params)
             best["weights"] = dict(zip(info["features"], np.asarray(p["w"]).tolist(), strict=True))
-            best["bias"] = float(p["b"])
+            best["bias"] = np.asarray(p["b"]).tolist()  # a float, or one per class
     settings = {key: v for key, v in vars(args).items() if key != "command"}
     py = platform.python_version()
     summary = {
@@ -66,31 +76,51 @@ def summary_json(args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, A
     return json_ready(summary)
 
 
+def _shown_classes(classes: list[int]) -> str:
+    """``'2 classes: 0, 1'``, or with many classes the first three and the last: ``'10 classes: 0, 1, 2, ..., 9'``."""
+    shown = [str(c) for c in classes] if len(classes) <= 6 else [*map(str, classes[:3]), "...", str(classes[-1])]
+    return f"{len(classes)} classes: {', '.join(shown)}"
+
+
+def _correct(model: gd.models.Model, params: Any, data: dict[str, np.ndarray]) -> int:
+    """How many of ``data``'s rows the model puts in the class of their label."""
+    hits = jax.vmap(model.metrics["acc"], in_axes=(None, 0))(params, data)
+    return int(np.count_nonzero(np.asarray(hits)))
+
+
 def sweep(args: argparse.Namespace) -> int:
     path = Path(args.data)
-    x, y, features = csvdata.load_csv(path, args.target, binary=args.model == "logistic")
+    x, y, features, classes = csvdata.load_csv(path, args.target, labels=args.model == "logistic")
     n, d = x.shape
+    num_classes = len(classes) if classes is not None else None
     batch = {"full": n, None: min(n, 32)}.get(args.batch_size, args.batch_size)
     check(batch <= n, f"--batch-size {batch} is larger than the {n} rows of {path}; use at most {n}, or 'full'.")
     info: dict[str, Any] = {"data": str(path.resolve()), "rows": n, "features": features}
     info["batch_size"] = "full" if args.batch_size == "full" else batch
+    if classes is not None:
+        info["num_classes"], info["classes"] = num_classes, classes  # model class k is the label classes[k]
     if args.standardize:
         x, mean, std = csvdata.standardize(x)
         info["standardization"] = {name: {"mean": m, "std": v} for name, m, v in zip(features, mean, std, strict=True)}
     data = {"x": x, "y": y}
     it = gdjax_call(gd.full_batch, data) if args.batch_size == "full" else gdjax_call(gd.minibatch, data, batch)
-    check_size(args, n, d, batch, it.num_batches)
+    outputs = num_classes if num_classes is not None and num_classes > 2 else 1  # softmax regression: one per class
+    softmax = outputs > 1
+    check_size(args, n, d, batch, it.num_batches, num_outputs=outputs)
     out = out_dir(args.out, SWEEP_FILES, [path])
     makers: dict[str, Callable[[], gd.models.Model]] = {
         "linear": gd.models.linear,
-        "logistic": gd.models.logistic,
+        "logistic": functools.partial(gd.models.logistic, num_classes),
         "mlp": functools.partial(gd.models.mlp, (args.hidden,), task="regression"),
     }
     model = makers[args.model]()
     lrs = np.geomspace(args.lr_min, args.lr_max, args.num_lrs)
     info["steps_per_epoch"] = it.num_batches
     shown = ", ".join(features[:6]) + (f", ... ({d} in all)" if d > 6 else "")
-    print(f"gdjax sweep: {MODELS[args.model]} of {args.target!r} on {plural(d, 'feature')} ({shown}), ", end="")
+    what = f"{'softmax regression' if softmax else MODELS[args.model]} of {args.target!r}"
+    if classes is not None:
+        what += f" ({_shown_classes(classes)})"
+    print(f"gdjax sweep: {what} on {plural(d, 'feature')} ({shown}), ", end="")
     print(f"{plural(n, 'row')} of {path}")
     print(
         f"{plural(args.num_lrs, 'learning rate')} from {args.lr_min:g} to {args.lr_max:g}, {args.optimizer}, "
@@ -110,12 +140,17 @@ def sweep(args: argparse.Namespace) -> int:
     )
     print(sw.summary())
     k = sw.best_index
+    accuracy = None
+    if k is not None and "acc" in model.metrics:
+        correct = _correct(model, sw.best_params, data)
+        accuracy = correct / n
+        print(f"training accuracy of the best: {accuracy:.4f} ({correct} of {plural(n, 'row')} classified right)")
     if k is not None and args.num_lrs > 2 and k in (0, args.num_lrs - 1):
         end, flag = ("smallest", "--lr-min") if k == 0 else ("largest", "--lr-max")
         print(f"note: the best learning rate is the {end} one tried; widen the range with {flag}.")
     print()
     try:
-        for written in write_results(out, sw, summary_json(args, sw, info)):
+        for written in write_results(out, sw, summary_json(args, sw, info, accuracy)):
             print(f"wrote {written}")
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):

@@ -35,8 +35,14 @@ def memory_limit() -> tuple[int, str]:
     return limit, where
 
 
-def check_size(args: argparse.Namespace, n: int, d: int, batch: int, steps_per_epoch: int) -> None:
-    """Refuse a sweep that cannot run: too many steps for int32, or more memory than the limit."""
+def check_size(
+    args: argparse.Namespace, n: int, d: int, batch: int, steps_per_epoch: int, num_outputs: int = 1
+) -> None:
+    """Refuse a sweep that cannot run: too many steps for int32, or more memory than the limit.
+
+    ``num_outputs`` is the linear model's outputs per row: 1, or the number
+    of classes of softmax regression.
+    """
     steps = args.epochs * steps_per_epoch
     check(
         steps < MAX_STEPS,
@@ -45,10 +51,10 @@ def check_size(args: argparse.Namespace, n: int, d: int, batch: int, steps_per_e
         f"{(MAX_STEPS - 1) // steps_per_epoch:,} or fewer (or a larger --batch-size).",
     )
     mlp = args.model == "mlp"
-    params = (d + 2) * args.hidden + 1 if mlp else d + 1
+    params = (d + 2) * args.hidden + 1 if mlp else (d + 1) * num_outputs
     # per member: parameters, gradient, update and last good parameters, plus the optimizer's copies; the
     # activations of the full-data loss (every row) or of a step (forward, derivative, backward)
-    width = args.hidden if mlp else 1
+    width = args.hidden if mlp else num_outputs
     model = 4 * ((4 + OPTIMIZER_COPIES[args.optimizer]) * params + max(2 * n, 3 * batch) * width)
     # the loss of every step (the history's capacity is a power of two of epochs): on the device, back on the
     # host, and in float64 for the results and the figures

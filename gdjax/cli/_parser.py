@@ -22,7 +22,13 @@ F32 = np.finfo(np.float32)
 
 SWEEP_EPILOG = """\
 The final loss is the mean loss over the whole data set after the last epoch: squared error / 2 for linear \
-and mlp, log-loss for logistic. A member whose loss or parameters become non-finite is stopped and marked diverged.
+and mlp, log-loss for logistic (softmax cross-entropy with 3 classes or more). A member whose loss or parameters \
+become non-finite is stopped and marked diverged.
+
+With --model logistic the target holds class labels, whole numbers: the distinct labels, sorted, are the classes \
+0, 1, 2, ... (summary.json lists them as "classes"). Two give logistic regression, predicting the probability of \
+the larger label; three or more give softmax regression, with one weight per feature and class. The training \
+accuracy of the best learning rate is printed and written to summary.json.
 
 examples:
   gdjax sweep data.csv --target y
@@ -104,14 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="sweep learning rates of a model trained on a numeric CSV file",
         description="Train a model on a CSV file (a header row, then numbers only) once per learning rate, all in one "
-        "compiled program; print the summary and write results.csv (one row per learning rate), summary.json "
+        "compiled program: a regression (linear, mlp) or a classification of whole-number labels into 2 or more "
+        "classes (logistic); print the summary and write results.csv (one row per learning rate), summary.json "
         "(best learning rate, settings, versions), sweep.png and curves.png into --out.",
         epilog=SWEEP_EPILOG,
         formatter_class=_Formatter,
     )
     sw.add_argument("data", metavar="DATA.csv", help="CSV file: a header row naming the columns, then numbers")
     sw.add_argument("--target", required=True, metavar="COLUMN", help="column to predict; every other is a feature")
-    models_help = "linear: linear regression; logistic: binary classification (0/1 target); mlp: tanh MLP regression"
+    models_help = (
+        "linear: linear regression; logistic: classification of whole-number labels, logistic regression for 2 "
+        "classes and softmax regression for 3 or more; mlp: tanh MLP regression"
+    )
     sw.add_argument("--model", choices=list(MODELS), default="linear", help=models_help)
     sw.add_argument("--hidden", type=int, default=32, metavar="N", help="hidden units of the mlp")
     sw.add_argument("--lr-min", type=float, default=1e-4, metavar="X", help="smallest learning rate")

@@ -5,7 +5,9 @@ A file is read with the standard :mod:`csv` module (no pandas): UTF-8 text
 column, then one row per example, every cell a finite number written plainly
 (``-1.5``, ``2e-3``, ``.5``: ASCII digits, no ``1_000``, no ``inf`` or ``nan``)
 that float32 can hold. Blank lines are skipped. The target column becomes
-``y`` and every other column, in file order, a feature of ``x``.
+``y`` and every other column, in file order, a feature of ``x``. For
+classification (``labels=True``) the target holds class labels, whole
+numbers: the distinct labels, sorted, become the classes ``0 .. C-1``.
 
 Every problem raises :class:`CsvError` with one sentence that names the file,
 the line (counting the header as line 1, as an editor does), the column and
@@ -17,11 +19,11 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["CsvError", "load_csv", "standardize"]
+__all__ = ["CsvError", "Table", "load_csv", "standardize"]
 
 # The smallest float64 that float32 rounds to infinity: float32's largest value plus half of its last step (2**104).
 # A cell is refused as too large when it reaches this, not when it passes float32's largest value: '3.4028235e38',
@@ -46,6 +48,25 @@ def _shown(text: str) -> str:
 
 class CsvError(ValueError):
     """A CSV file that gdjax cannot use; the message says where and why."""
+
+
+class Table(NamedTuple):
+    """A loaded CSV file: features, target, the feature names and, for class labels, the classes.
+
+    Attributes:
+      x: float32 features of shape ``(n, d)``.
+      y: the target of shape ``(n,)``: float32 values, or with class labels
+        int32 classes ``0 .. C-1``, class ``k`` standing for the label
+        ``classes[k]``.
+      features: the ``d`` feature column names in file order.
+      classes: with class labels, the ``C`` distinct labels of the file,
+        sorted (``[0, 1]`` for a 0/1 target); otherwise None.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    features: list[str]
+    classes: list[int] | None = None
 
 
 def _read_header(reader: Any, name: str, target: str) -> list[str]:
@@ -84,7 +105,7 @@ def _is_number(text: str) -> bool:
     return _PLAIN_NUMBER.fullmatch(text.strip(_SPACES)) is not None
 
 
-def _parse_cell(text: str, name: str, line: int, column: str) -> float:
+def _parse_cell(text: str, name: str, line: int, column: str, label: bool = False) -> float:
     where = f"{name}, line {line}, column {_shown(column)}"
     if not text.strip():
         raise CsvError(f"{where}: empty cell; every cell must be a number (fill in or drop missing values).")
@@ -92,6 +113,11 @@ def _parse_cell(text: str, name: str, line: int, column: str) -> float:
     if _PLAIN_NUMBER.fullmatch(plain) is None:
         if plain.lower() in _NONFINITE_WORDS:
             raise CsvError(f"{where}: {_shown(text)} is not a finite number; clean or drop that row.")
+        if label:
+            raise CsvError(
+                f"{where}: {_shown(text)} is not a number; gdjax reads class labels as whole numbers only: "
+                "encode the classes as 0, 1, 2, ..."
+            )
         raise CsvError(f"{where}: {_shown(text)} is not a number; every column must be numeric.")
     value = float(plain)
     if not abs(value) < _FLOAT32_OVERFLOW:  # also a number too long for float64, which reads as inf
@@ -99,26 +125,56 @@ def _parse_cell(text: str, name: str, line: int, column: str) -> float:
     return value
 
 
-def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _classes(y: np.ndarray, lines: list[int], name: str, target: str) -> tuple[np.ndarray, list[int]]:
+    """Whole-number labels (float64, exact) as int32 classes ``0 .. C-1`` in sorted order, and the labels."""
+    bad = np.flatnonzero(y != np.round(y))
+    if len(bad):
+        k = int(bad[0])
+        rows = f"{len(bad)} of the {len(y)} rows {'has' if len(bad) == 1 else 'have'} a fraction"
+        raise CsvError(
+            f"{name}, line {lines[k]}, column {_shown(target)}: {float(y[k])!r} is not a whole number; classification "
+            f"needs class labels such as 0/1 or 0, 1, 2, ... ({rows}; to predict a number, use --model linear)."
+        )
+    labels, classes = np.unique(y, return_inverse=True)
+    if len(labels) < 2:
+        raise CsvError(
+            f"{name}, column {_shown(target)}: every row has the label {int(labels[0])}; classification needs at "
+            "least two classes."
+        )
+    return classes.reshape(-1).astype(np.int32), [int(v) for v in labels]
+
+
+def load_csv(path: str | Path, target: str, *, labels: bool = False) -> Table:
     """Read a numeric CSV file into features and a target.
 
     Args:
       path: the CSV file: a header row, then one row of numbers per example.
-      target: the name of the target column; every other column is a feature.
-      binary: require the target to hold only 0 and 1 (for logistic
-        regression).
+      target: the name of the target column; every other is a feature.
+      labels: the target holds class labels (for classification): whole
+        numbers, at least two distinct ones. ``y`` then holds int32 classes
+        ``0 .. C-1``, the labels in sorted order (``-1, 1`` become ``0, 1``;
+        ``3, 5, 9`` become ``0, 1, 2``), and ``classes`` the labels.
 
     Returns:
-      ``(x, y, feature_names)``: ``x`` float32 of shape ``(n, d)``, ``y``
-      float32 of shape ``(n,)`` and the ``d`` feature column names in file
-      order.
+      A :class:`Table` ``(x, y, features, classes)``: ``x`` float32 of
+      shape ``(n, d)``; ``y`` of shape ``(n,)``, float32 or, with
+      ``labels``, int32 classes; the ``d`` feature column names in file
+      order; the sorted labels, or None without ``labels``.
 
     Raises:
       CsvError: the file is missing, unreadable, empty or has no data rows;
         the target column is missing or is the only column; a row has the
         wrong number of fields; a cell is empty, not a number, NaN or
-        infinite, or out of float32 range; with ``binary``, a target value is
-        not 0 or 1.
+        infinite, or out of float32 range; with ``labels``, a target value
+        is not a whole number, or every row has the same one.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "data.csv"
+      >>> _ = path.write_text("a,label\\n0.5,3\\n1.5,9\\n2.5,3\\n")
+      >>> table = load_csv(path, "label", labels=True)
+      >>> table.y.tolist(), table.classes, table.features
+      ([0, 1, 0], [3, 9], ['a'])
     """
     path = Path(path)
     name = str(path)
@@ -128,6 +184,8 @@ def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             columns = _read_header(reader, name, target)
+            t = columns.index(target)
+            label_column = t if labels else -1
             rows, lines = [], []
             for fields in reader:
                 if not any(cell.strip() for cell in fields):
@@ -138,7 +196,12 @@ def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np
                         f"{name}, line {line}: {len(fields)} fields, but the header has {len(columns)} columns; "
                         f"every row needs one value per column."
                     )
-                rows.append([_parse_cell(text, name, line, col) for text, col in zip(fields, columns, strict=True)])
+                rows.append(
+                    [
+                        _parse_cell(text, name, line, col, j == label_column)
+                        for j, (text, col) in enumerate(zip(fields, columns, strict=True))
+                    ]
+                )
                 lines.append(line)
     except FileNotFoundError:
         raise CsvError(f"{name} does not exist; check the path.") from None
@@ -151,19 +214,12 @@ def load_csv(path: str | Path, target: str, *, binary: bool = False) -> tuple[np
     if not rows:
         raise CsvError(f"{name} has a header but no data rows; add at least one row of numbers.")
     table = np.asarray(rows, dtype=np.float64)
-    t = columns.index(target)
-    y = table[:, t]
-    if binary:
-        bad = np.flatnonzero((y != 0) & (y != 1))
-        if len(bad):
-            k = int(bad[0])
-            raise CsvError(
-                f"{name}, line {lines[k]}, column {_shown(target)}: {y[k]:g} is not 0 or 1; logistic regression needs "
-                f"a 0/1 target ({len(bad)} of the {len(y)} rows {'has' if len(bad) == 1 else 'have'} another value)."
-            )
     features = [c for j, c in enumerate(columns) if j != t]
-    x = np.delete(table, t, axis=1)
-    return x.astype(np.float32), y.astype(np.float32), features
+    x = np.delete(table, t, axis=1).astype(np.float32)
+    if labels:
+        y, classes = _classes(table[:, t], lines, name, target)
+        return Table(x, y, features, classes)
+    return Table(x, table[:, t].astype(np.float32), features)
 
 
 def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
