@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import _validate, _validate_eval
-from gdjax._evaluation import Evaluation, aux_layout
 from gdjax._caches import BoundedCache, callable_key
+from gdjax._evaluation import Evaluation, aux_layout
 from gdjax._optimizer import is_factory
 from gdjax._program import Config, Inputs, capacity, unroll_for
 from gdjax._runner import signature
@@ -43,7 +42,7 @@ def config(
     has_aux: bool,
     batched: bool,
     members: int = 1,
-    evaluation: Evaluation = Evaluation(),
+    evaluation: Evaluation | None = None,
     loss_hparams: tuple[str, ...] = (),
 ) -> Config:
     """The run's static configuration (cached: equal configurations share compiled programs).
@@ -53,6 +52,7 @@ def config(
     from :func:`gdjax._validate_eval.evaluation`; here it gets the loss's aux
     layout and its monitor is checked.
     """
+    evaluation = Evaluation() if evaluation is None else evaluation
     sig = (
         callable_key(loss_fn),
         has_aux,
@@ -79,9 +79,7 @@ def config(
         has_aux=bool(has_aux),
         batched=bool(batched),
         log_every=log_every,
-        epoch_capacity=capacity(
-            epochs, it.num_batches, log_every, members, itemsize=8, columns=ev.width, aux=aux_size
-        ),
+        epoch_capacity=capacity(epochs, it.num_batches, log_every, members, itemsize=8, columns=ev.width, aux=aux_size),
         loss_dtype=accumulation_dtype(dtype),
         unroll=unroll_for(params, it.batch_size),
         evaluation=ev,

@@ -93,8 +93,8 @@ def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any, lo
         named["learning_rate"] = named["learning_rate"][None]
     if not named:
         raise ValueError("sweep needs something to sweep: pass learning_rates=[...] and/or hyperparams={name: [...]}.")
-    shown = {f"loss_hyperparams[{k!r}]": k for k in _loss(loss_hyperparams)}  # the table's key -> the keyword
-    named.update({key: _as_values(key, loss_hyperparams[k], signed=True) for key, k in shown.items()})
+    keywords = {f"loss_hyperparams[{k!r}]": k for k in _loss(loss_hyperparams)}  # the table's key -> the keyword
+    named.update({key: _as_values(key, loss_hyperparams[k], signed=True) for key, k in keywords.items()})
     swept = {k: v for k, v in named.items() if v.ndim == 1}
     fixed = {k: v for k, v in named.items() if v.ndim == 0}
     if grid:
@@ -116,8 +116,8 @@ def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any, lo
     if seed_values is not None:
         table = {k: np.repeat(v, len(seed_values)) for k, v in table.items()}
         seed_values = np.tile(seed_values, length)
-    opt = {k: v for k, v in table.items() if k not in shown}
-    return Members(opt, seed_values, {shown[k]: v for k, v in table.items() if k in shown})
+    opt = {k: v for k, v in table.items() if k not in keywords}
+    return Members(opt, seed_values, {keywords[k]: v for k, v in table.items() if k in keywords})
 
 
 def _loss(values: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ the epoch's order, runs a ``lax.scan`` over its batches and then, every
 the full-data loss, the metrics and aux on the training and evaluation data)
 inside a ``lax.cond`` on the shared epoch counter, so epochs without an
 evaluation skip it, members or not. With ``eval_every`` other than 1 the
-final parameters are evaluated once more when the run finishes. A :class:`Layout` says how the runs of one program are laid out: one
+final parameters are evaluated once more when the run finishes.
+
+A :class:`Layout` says how the runs of one program are laid out: one
 run (``fit``), or a member axis (``sweep``), with the initial parameters and
 the order keys shared or per member, and the members split over a device mesh.
 For a sweep only the epoch body is vmapped: the loop and its epoch counter
@@ -89,7 +91,7 @@ class Config:
     epoch_capacity: int
     loss_dtype: Any
     unroll: int = 1
-    evaluation: Evaluation = Evaluation()
+    evaluation: Evaluation = dataclasses.field(default_factory=Evaluation)
     loss_hparams: tuple[str, ...] = ()
 
     @classmethod
@@ -295,9 +297,7 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, idx, m
         return carry, (jnp.where(diverged, nan, loss), jnp.where(diverged, nan, aux))
 
     init = (run.train, run.train, run.diverged, run.diverged_at)
-    (state, _, diverged, diverged_at), (losses, aux) = jax.lax.scan(
-        one_step, init, (idx, mask, pos), unroll=cfg.unroll
-    )
+    (state, _, diverged, diverged_at), (losses, aux) = jax.lax.scan(one_step, init, (idx, mask, pos), unroll=cfg.unroll)
     return state, diverged, diverged_at, losses, aux
 
 

@@ -267,9 +267,10 @@ class HostHistory:
         if not self.parts[EPOCH_FIELDS[0]]:
             return state
         done = self.drained(state)
-        return state._replace(
-            **{name: np.concatenate([done[name], np.asarray(getattr(state, name))], -1) for name in self.parts}
-        )
+        joined: dict[str, Any] = {
+            name: np.concatenate([done[name], np.asarray(getattr(state, name))], -1) for name in done
+        }
+        return state._replace(**joined)
 
 
 def join(outcomes: Sequence[tuple[RunState, int]]) -> RunState:
@@ -284,7 +285,8 @@ def join(outcomes: Sequence[tuple[RunState, int]]) -> RunState:
     def host(state: RunState, n: int) -> RunState:
         state = jax.tree.map(lambda x: np.asarray(x)[:n], state)
         pad = lambda x, w, fill: np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, w - x.shape[-1])], constant_values=fill)  # noqa: E731
-        return state._replace(**{name: pad(getattr(state, name), widths[name], fill) for name, fill in fills.items()})
+        padded: dict[str, Any] = {name: pad(getattr(state, name), widths[name], fill) for name, fill in fills.items()}
+        return state._replace(**padded)
 
     parts = [host(state, n) for state, n in outcomes]
     joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

@@ -86,7 +86,7 @@ def _eval_data(it: DataIterator, eval_data: Any) -> PyTree:
     if isinstance(eval_data, DataIterator):
         eval_data = eval_data.data
     leaves = _prepare(eval_data, "eval_data")
-    ours = jax.tree.structure(eval_data)
+    ours: Any = jax.tree.structure(eval_data)
     theirs = jax.tree.structure(it.data)
     if ours != theirs:
         raise ValueError(
@@ -131,7 +131,9 @@ def resolve_monitor(ev: Evaluation) -> Evaluation:
     """Check the monitor against the evaluated names; resolve ``mode="auto"``."""
     names = ev.names()
     if ev.monitor not in names:
-        hint = " (pass eval_data= to evaluate held-out data)" if ev.monitor.startswith("eval_") and not ev.has_eval else ""
+        hint = (
+            " (pass eval_data= to evaluate held-out data)" if ev.monitor.startswith("eval_") and not ev.has_eval else ""
+        )
         raise ValueError(f"monitor={ev.monitor!r} is not evaluated{hint}; the values evaluated are {list(names)}.")
     mode = ev.mode
     if mode == "auto":
@@ -199,7 +201,8 @@ def loss_values(values: Any, *, allow_arrays: bool) -> dict[str, np.ndarray]:
         arr = _validate.check_hyperparam(value, f"loss_hyperparams[{name!r}]", signed=True)
         if arr.ndim != 0 and not allow_arrays:
             raise ValueError(
-                f"loss_hyperparams[{name!r}] must be a single number in fit; got shape {arr.shape}. Use gd.sweep for many."
+                f"loss_hyperparams[{name!r}] must be a single number in fit; got shape {arr.shape}. "
+                f"Use gd.sweep for many."
             )
         out[name] = arr
     return out

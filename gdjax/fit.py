@@ -182,7 +182,9 @@ def fit(
             has_aux=bool(has_aux),
             batched=bool(batched),
             params=_settings.params_settings(params),
-            evaluation=_settings.evaluation_settings(cfg.evaluation, eval_arrays, {k: float(v) for k, v in lhp.items()}),
+            evaluation=_settings.evaluation_settings(
+                cfg.evaluation, eval_arrays, {k: float(v) for k, v in lhp.items()}
+            ),
         )
 
     ckpt = _settings.checkpointer(checkpoint, checkpoint_every, optimizer=optimizer, settings=settings)

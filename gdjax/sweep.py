@@ -350,7 +350,9 @@ def _sweep_settings(
         devices=options["devices"],
         params=_settings.describe(params) if callable(params) else _settings.params_settings(params),
         evaluation=_settings.evaluation_settings(
-            *options["evaluation"], {k: np.asarray(v).tolist() for k, v in table.loss_hyperparams.items()}
+            options["evaluation"][0],
+            options["evaluation"][1],
+            {k: np.asarray(v).tolist() for k, v in table.loss_hyperparams.items()},
         ),
     )
 
