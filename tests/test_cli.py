@@ -17,6 +17,7 @@ import io
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import pytest
 
 import gdjax as gd
 from gdjax import __version__, cli
-from gdjax.cli import _files, _limits, csvdata
+from gdjax.cli import _files, _limits, _split, csvdata
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRUE_W, TRUE_B = np.array([1.5, -2.0, 0.5]), 3.0
@@ -180,6 +181,13 @@ def digits_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write(tmp_path_factory.mktemp("digits") / "digits.csv", header, table)
 
 
+def _digits_table(digits_csv: Path) -> tuple[np.ndarray, np.ndarray]:
+    with digits_csv.open(newline="") as f:
+        table = np.array(list(csv.reader(f))[1:], dtype=np.float64)
+    return table[:, :64], table[:, 64]
+
+
+@pytest.mark.slow  # the fast lane trains softmax regression on digits with a split (test_validation_split_on_digits)
 def test_sweep_softmax_regression_on_digits(digits_csv: Path, tmp_path: Path, capsys) -> None:
     args = ["sweep", str(digits_csv), "--target", "digit", "--model", "logistic", "--standardize"]
     args += ["--optimizer", "adam"]
@@ -194,9 +202,7 @@ def test_sweep_softmax_regression_on_digits(digits_csv: Path, tmp_path: Path, ca
     assert accuracy > 0.9, accuracy
     assert f"training accuracy of the best: {accuracy:.4f} ({round(accuracy * 1797)} of 1797 rows" in out
     # the written weights (one per feature and class) and biases are the model whose accuracy was reported
-    with digits_csv.open(newline="") as f:
-        table = np.array(list(csv.reader(f))[1:], dtype=np.float64)
-    x, y = table[:, :64], table[:, 64]
+    x, y = _digits_table(digits_csv)
     features = [f"p{j}" for j in range(64)]
     mean = np.array([settings["standardization"][c]["mean"] for c in features])
     std = np.array([settings["standardization"][c]["std"] for c in features])
@@ -208,6 +214,152 @@ def test_sweep_softmax_regression_on_digits(digits_csv: Path, tmp_path: Path, ca
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(r["num_steps"] == "45" for r in rows)  # 3 epochs of ceil(1797 / 128) = 15
     assert all(float(r["initial_loss"]) == pytest.approx(np.log(10), rel=1e-6) for r in rows)  # zero start: log C
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _standardization(settings: dict, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    stats = settings["standardization"]
+    return np.array([stats[c]["mean"] for c in features]), np.array([stats[c]["std"] for c in features])
+
+
+def _held_out(split: dict, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out rows drawn again as summary.json says, and the training rows (every other)."""
+    seed, held = split["seed"], split["validation_rows"]
+    recipe = f"numpy.random.default_rng({seed}).permutation({rows})[:{held}]"
+    assert split["validation_row_indices"].startswith(recipe)
+    validation = np.random.default_rng(seed).permutation(rows)[:held]
+    return np.setdiff1d(np.arange(rows), validation), validation
+
+
+def _recounted(x: np.ndarray, y: np.ndarray, logits_of) -> tuple[int, int]:
+    """Rows the written model classifies right (float64), and rows too near a tie to tell (top two within 1e-3)."""
+    logits = logits_of(x)
+    top = np.sort(logits, axis=1)
+    return int(np.sum(np.argmax(logits, axis=1) == y)), int(np.sum(top[:, -1] - top[:, -2] < 1e-3))
+
+
+def test_validation_split_on_digits(digits_csv: Path, tmp_path: Path, capsys) -> None:
+    """Softmax regression with --validation 0.2: the accuracies computed in the run are those of the written model."""
+    args = ["sweep", str(digits_csv), "--target", "digit", "--model", "logistic", "--standardize"]
+    args += ["--optimizer", "adam", "--validation", "0.2", "--seed", "7", "--lr-min", "0.01", "--lr-max", "0.1"]
+    args += ["--num-lrs", "2", "--epochs", "3", "--batch-size", "128", "--no-progress", "--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    summary = _strict_json((tmp_path / "summary.json").read_text())
+    split, best, settings = summary["split"], summary["best"], summary["settings"]
+    assert split == {**split, "fraction": 0.2, "train_rows": 1438, "validation_rows": 359, "seed": 7}
+    assert (summary["monitor"], summary["mode"], best["chosen_by"]) == ("eval_loss", "min", "validation loss")
+    assert "validation: 359 of the 1797 rows held out (--validation 0.2, drawn with --seed 7)" in out
+    train, held = _held_out(split, 1797)
+    x, y = _digits_table(digits_csv)
+    features = [f"p{j}" for j in range(64)]
+    mean, std = _standardization(settings, features)
+    np.testing.assert_allclose(mean, x[train].mean(axis=0), rtol=1e-12, atol=1e-12)  # the training rows' statistics
+    w, b = np.array([best["weights"][c] for c in features]), np.array(best["bias"])
+
+    def logits_of(rows: np.ndarray) -> np.ndarray:
+        return (rows - mean) / std @ w + b
+
+    for rows, name in ((held, "validation_accuracy"), (train, "train_accuracy")):
+        right, near_tie = _recounted(x[rows], y[rows], logits_of)
+        reported = best[name] * len(rows)
+        assert reported == pytest.approx(round(reported), abs=1e-9)  # a whole number of rows
+        assert abs(round(reported) - right) <= near_tie <= 2, (name, reported, right)
+    assert best["validation_accuracy"] > 0.85, best
+    acc = best["validation_accuracy"]
+    assert f"validation {acc:.4f} ({round(acc * 359)} of 359 held-out rows classified right)" in out
+    logits = logits_of(x[held])  # the validation loss is the cross-entropy on exactly those rows
+    top = logits.max(axis=1)
+    log_normalizer = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    cross_entropy = log_normalizer - logits[np.arange(359), y[held].astype(int)]
+    assert best["validation_loss"] == pytest.approx(cross_entropy.mean(), rel=1e-4)
+    rows_ = _read_rows(tmp_path / "results.csv")
+    first = ["learning_rate", "final_loss", "validation_loss", "train_accuracy", "validation_accuracy"]
+    assert list(rows_[0])[:5] == first
+    chosen = min(rows_, key=lambda r: float(r["validation_loss"]))
+    assert chosen["best"] == "True" and float(chosen["validation_accuracy"]) == acc
+
+
+@pytest.fixture(scope="module")
+def overfit_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 rows of 20 features far from mean 0 and a noisy target, columns f0..f19, y.
+
+    Batch gradient descent on 40 of the rows with a large learning rate
+    fits them best but generalises worse than a smaller one: the training
+    loss and the validation loss choose different learning rates.
+    """
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 20)) * rng.uniform(0.5, 3, 20) + rng.uniform(-5, 5, 20)
+    y = (x - x.mean(axis=0)) @ rng.normal(size=20) * 0.3 + 2 + 1.5 * rng.normal(size=50)
+    header = [f"f{j}" for j in range(20)] + ["y"]
+    return _write(tmp_path_factory.mktemp("overfit") / "overfit.csv", header, np.column_stack([x, y]))
+
+
+def test_validation_chooses_by_held_out_loss_with_training_statistics(overfit_csv: Path, tmp_path: Path, capsys):
+    args = ["sweep", str(overfit_csv), "--target", "y", "--validation", "0.2", "--standardize", "--batch-size", "full"]
+    args += ["--lr-min", "0.001", "--lr-max", "1", "--num-lrs", "6", "--epochs", "100", "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = _read_rows(tmp_path / "results.csv")
+    assert "train_accuracy" not in rows[0] and "validation_accuracy" not in rows[0]  # regression: no accuracy
+    healthy = [r for r in rows if r["diverged"] == "False" and np.isfinite(float(r["validation_loss"]))]
+    chosen = min(healthy, key=lambda r: float(r["validation_loss"]))
+    assert [r["best"] for r in rows].count("True") == 1 and chosen["best"] == "True"
+    assert chosen is not min(healthy, key=lambda r: float(r["final_loss"]))  # by training loss: another one
+    summary = _strict_json((tmp_path / "summary.json").read_text())
+    best, split = summary["best"], summary["split"]
+    assert best["learning_rate"] == float(chosen["learning_rate"]) and best["member"] == int(chosen["member"])
+    assert best["validation_loss"] == float(chosen["validation_loss"]) and "train_accuracy" not in best
+    lr, k = float(chosen["learning_rate"]), int(chosen["member"])
+    assert f"chosen by validation loss: learning rate {lr:.6g} (member {k}) has the lowest eval_loss" in out
+    assert f"best (*): learning_rate={lr:.6g}, eval_loss {best['validation_loss']:.6g} (lowest), final loss" in out
+    assert "final loss     eval_loss  epochs" in out  # the table shows the value the members are ranked by
+    assert "validation: 10 of the 50 rows held out (--validation 0.2, drawn with --seed 0)" in out
+    # --standardize: the mean and std of the 40 training rows, not of all 50
+    table = np.array([list(map(float, r.values())) for r in _read_rows(overfit_csv)], np.float32)  # as read
+    x, y = table[:, :20].astype(np.float64), table[:, 20].astype(np.float64)
+    train, held = _held_out(split, 50)
+    assert (len(train), len(held)) == (split["train_rows"], split["validation_rows"]) == (40, 10)
+    features = [f"f{j}" for j in range(20)]
+    mean, std = _standardization(summary["settings"], features)
+    np.testing.assert_allclose(mean, x[train].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std, x[train].std(axis=0), rtol=1e-12)
+    assert np.abs(mean - x.mean(axis=0)).max() > 0.05  # all rows' mean is another
+    # the written model's loss on the held-out rows, scaled with the training statistics, is the reported one
+    w = np.array([best["weights"][c] for c in features])
+    residual = (x[held] - mean) / std @ w + best["bias"] - y[held]
+    assert best["validation_loss"] == pytest.approx(0.5 * np.mean(residual**2), rel=1e-4)
+
+
+@pytest.mark.parametrize(("rows", "fraction", "seed"), [(2, 0.5, 0), (10, 0.3, 1), (1797, 0.2, 7), (1000, 0.999, 3)])
+def test_split_is_reproducible_disjoint_and_complete(rows: int, fraction: float, seed: int) -> None:
+    split = _split.split_rows(rows, fraction, seed, Path("d.csv"))
+    again = _split.split_rows(rows, fraction, seed, Path("d.csv"))
+    np.testing.assert_array_equal(split.train, again.train)
+    np.testing.assert_array_equal(split.validation, again.validation)
+    assert not set(split.train.tolist()) & set(split.validation.tolist())
+    assert sorted([*split.train.tolist(), *split.validation.tolist()]) == list(range(rows))
+    assert len(split.validation) == _split.num_held_out(rows, fraction) == max(1, round(fraction * rows))
+    recipe = np.random.default_rng(seed).permutation(rows)[: len(split.validation)]  # as summary.json documents
+    np.testing.assert_array_equal(split.validation, np.sort(recipe))
+    if rows > 10:  # another seed, another split
+        other = _split.split_rows(rows, fraction, seed + 1, Path("d.csv"))
+        assert not np.array_equal(other.validation, split.validation)
+
+
+@pytest.mark.parametrize("rows", [2, 3, 7, 30, 1797, 123_457])
+def test_a_refused_split_suggests_a_fraction_that_works(rows: int) -> None:
+    suggested = []
+    for fraction in (0.1 / rows, 1 - 0.1 / rows):
+        with pytest.raises(cli._common.UsageError) as exc:
+            _split.split_rows(rows, fraction, 0, Path("d.csv"))
+        suggested.append(float(re.search(r"; use ([0-9.e+-]+) \(", str(exc.value))[1]))
+    low, high = (_split.split_rows(rows, f, 0, Path("d.csv")) for f in suggested)
+    assert (len(low.validation), len(high.train)) == (1, 1)
 
 
 def _binary_rows(n: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -234,14 +386,17 @@ def test_two_labels_are_the_binary_model_as_before(low: int, high: int, tmp_path
     data = {"x": x.astype(np.float32), "y": y01.astype(np.float32)}  # the 0/1 float target of the binary model
     direct = gd.sweep(model.loss, model.init(None, 2), optax.sgd, gd.full_batch(data),
                       learning_rates=np.geomspace(0.1, 1, 2), epochs=5, key=jax.random.key(0))  # fmt: skip
-    with (tmp_path / "out" / "results.csv").open(newline="") as f:
-        final = [float(r["final_loss"]) for r in csv.DictReader(f)]
-    np.testing.assert_array_equal(final, np.asarray(direct.final_loss, np.float64))
+    rows = _read_rows(tmp_path / "out" / "results.csv")
+    final = [float(r["final_loss"]) for r in rows]
+    np.testing.assert_array_equal(final, np.asarray(direct.final_loss, np.float64))  # accuracy changes nothing
     k = direct.best_index
     assert best["weights"] == dict(zip(["a", "b"], np.asarray(direct.params["w"][k]).tolist(), strict=True))
-    hits = jax.vmap(model.metrics["acc"], in_axes=(None, 0))(direct.best_params, data)
-    assert best["train_accuracy"] == float(np.mean(np.asarray(hits, np.float64)))
-    assert best["train_accuracy"] > 0.8
+    # the accuracy computed in the compiled run (results.csv, summary.json) is the one counted here, for every member
+    hits = jax.vmap(jax.vmap(model.metrics["acc"], in_axes=(None, 0)), in_axes=(0, None))(direct.params, data)
+    counted = np.asarray(hits, np.float64).mean(axis=1)
+    assert [float(r["train_accuracy"]) for r in rows] == counted.tolist()
+    assert best["train_accuracy"] == counted[k] and best["chosen_by"] == "training loss"
+    assert best["train_accuracy"] > 0.8 and summary["split"] is None and summary["monitor"] == "loss"
 
 
 @pytest.mark.parametrize(
@@ -297,7 +452,8 @@ SWEEP_OPTIONS = [
     "DATA.csv", "--target", "--model", "--hidden", "--lr-min", "--lr-max", "--num-lrs", "--batch-size",
     "--epochs", "--optimizer", "--standardize", "--seed", "--out", "--no-progress", "linear", "logistic", "mlp",
     "sgd", "momentum", "adam", "default: 32", "full", "examples:", "softmax regression", "whole-number labels",
-    '"classes"', "training accuracy",
+    '"classes"', "training accuracy", "--validation FRACTION", "training rows only", "lowest validation loss",
+    "default_rng(SEED).permutation(ROWS)[:HELD_OUT]", "validation_accuracy",
 ]  # fmt: skip
 
 
@@ -387,6 +543,22 @@ BAD_INPUTS = [
     ("seed", GOOD, ["--seed", "-1"], ["--seed", "between 0 and"]),
     ("out-is-a-file", GOOD, ["--batch-size", "full", "--out", "data.csv"], ["--out data.csv", "is a file"]),
 ]
+
+BAD_INPUTS += [
+    ("validation-zero", GOOD, ["--validation", "0"], ["--validation must be a fraction strictly between 0", "got 0."]),
+    ("validation-one", GOOD, ["--validation", "1"], ["--validation", "between 0 and 1", "such as 0.2", "got 1."]),
+    ("validation-negative", GOOD, ["--validation", "-0.2"], ["--validation", "between 0 and 1", "got -0.2."]),
+    ("validation-nan", GOOD, ["--validation", "nan"], ["--validation", "between 0 and 1", "got nan."]),
+    ("validation-percent", GOOD, ["--validation", "20"], ["--validation", "share of the rows", "got 20."]),
+    ("validation-no-row-held-out", GOOD, ["--validation", "0.1"],
+     ["--validation 0.1 holds out no row of the 3 rows of data.csv", "; use 0.33 (one row) or more."]),
+    ("validation-no-row-to-train", GOOD, ["--validation", "0.9"],
+     ["--validation 0.9 holds out all 3 rows of data.csv, leaving none to train on", "; use 0.67 (keeping one"]),
+    ("validation-one-row", "a,b,y\n1,2,3\n", ["--validation", "0.5"],
+     ["--validation needs at least 2 rows", "data.csv has 1 row;", "drop --validation"]),
+    ("batch-size-above-training-rows", GOOD, ["--validation", "0.3", "--batch-size", "3"],
+     ["--batch-size 3 is larger than the 2 training rows (data.csv has 3; --validation holds out 1)", "at most 2,"]),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("contents", "extra", "details"), [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
@@ -610,12 +782,14 @@ def test_memory_limit_is_half_the_machine() -> None:
         (["sweep", "data.csv", "--target", "y", "--epochs", "1.5"], "invalid int value: '1.5'"),
         (["sweep", "data.csv", "--target", "y", "--epochs", "1e3"], "argument --epochs: invalid int value: '1e3'"),
         (["sweep", "data.csv", "--target", "y", "--bogus"], "unrecognized arguments: --bogus (see gdjax sweep --help)"),
+        (["sweep", "data.csv", "--target", "y", "--validation", "20%"], "--validation: invalid float value: '20%'"),
         (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x' (see gdjax demo --help)"),
         (["train"], "invalid choice: 'train' (choose from 'demo', 'sweep') (see gdjax --help)"),
         (["--bogus"], "unrecognized arguments: --bogus (see gdjax --help)"),
     ],
     ids=[
         "no-target", "batch-size-word", "unknown-model", "float-epochs", "exponent-epochs", "unknown-option",
+        "validation-percent",
         "demo-seed-word", "unknown-command", "unknown-option-no-command",
     ],
 )  # fmt: skip

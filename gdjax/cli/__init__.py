@@ -6,7 +6,8 @@
 * ``gdjax sweep DATA.csv --target COLUMN`` trains a model on a numeric CSV
   file once per learning rate, all in one compiled program, prints the
   sweep's summary and writes ``results.csv``, ``summary.json``, ``sweep.png``
-  and ``curves.png``.
+  and ``curves.png``; with ``--validation FRACTION`` the best learning rate
+  is chosen by the loss on held-out rows (see :mod:`gdjax.cli._split`).
 
 Any bad input (a missing or malformed file, an option out of range, an
 argument gdjax refuses, an output that cannot be written) ends the command

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -20,6 +21,9 @@ from gdjax.cli._common import check, gdjax_call, plural
 from gdjax.cli._files import SWEEP_FILES, json_ready, out_dir, write_error, write_results
 from gdjax.cli._limits import check_size
 from gdjax.cli._parser import MODELS, OPTIMIZERS
+from gdjax.cli._split import split_rows
+
+CHOSEN_BY = {"loss": "training loss", "eval_loss": "validation loss"}  # what the monitored value is, in plain words
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -41,20 +45,27 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def summary_json(
-    args: argparse.Namespace, sw: gd.SweepResult, info: dict[str, Any], accuracy: float | None = None
+    args: argparse.Namespace,
+    sw: gd.SweepResult,
+    info: dict[str, Any],
+    columns: dict[str, list[float]] | None = None,
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What summary.json holds; ``accuracy`` is the best member's on the training rows (classification only).
+    """What summary.json holds.
 
-    A linear model's ``weights`` map each feature to its weight, or with
-    softmax regression to its list of weights, one per class (in the order
-    of ``settings.classes``), and ``bias`` is then a list too.
+    ``columns`` are the per-member columns of results.csv beyond the
+    sweep's own (:func:`evaluation_columns`): the best member's values are
+    copied into ``best``. ``split`` describes the held-out rows (None:
+    no split). A linear model's ``weights`` map each feature to its weight,
+    or with softmax regression to its list of weights, one per class (in the
+    order of ``settings.classes``), and ``bias`` is then a list too.
     """
     k, lrs = sw.best_index, sw.learning_rates
     best: dict[str, Any] | None = None
     if k is not None and lrs is not None:
         best = {"learning_rate": float(lrs[k]), "final_loss": float(sw.final_loss[k]), "member": k}
-        if accuracy is not None:
-            best["train_accuracy"] = accuracy
+        best["chosen_by"] = CHOSEN_BY.get(sw.monitor, sw.monitor)
+        best.update({name: values[k] for name, values in (columns or {}).items()})
         if args.model != "mlp":
             p = jax.device_get(sw.best_params)
             best["weights"] = dict(zip(info["features"], np.asarray(p["w"]).tolist(), strict=True))
@@ -63,6 +74,9 @@ def summary_json(
     py = platform.python_version()
     summary = {
         "best": best,
+        "monitor": sw.monitor,
+        "mode": sw.mode,
+        "split": split,
         "num_members": sw.num_members,
         "num_diverged": int(sw.diverged.sum()),
         "initial_loss": float(sw.initial_loss[0]),
@@ -76,37 +90,146 @@ def summary_json(
     return json_ready(summary)
 
 
+def _hits(rate: float, rows: int) -> int:
+    """The whole number of rows behind an accuracy computed in float32 over ``rows`` rows (exact below 2**23 rows)."""
+    return round(rate * rows)
+
+
+def _accuracy(rate: Any, rows: int) -> float:
+    """An accuracy computed in the compiled run (float32), as ``hits / rows`` in float64; NaN stays NaN."""
+    rate = float(rate)
+    return _hits(rate, rows) / rows if math.isfinite(rate) else rate
+
+
+def evaluation_columns(sw: gd.SweepResult, train_rows: int, validation_rows: int) -> dict[str, list[float]]:
+    """results.csv's columns beyond the sweep's own, one value per member, from ``sw.final_metrics``.
+
+    ``validation_loss`` (with a split), ``train_accuracy`` and
+    ``validation_accuracy`` (classification), each for the final parameters.
+    """
+    final = sw.final_metrics
+    columns: dict[str, list[float]] = {}
+    if "eval_loss" in final:
+        columns["validation_loss"] = [float(v) for v in final["eval_loss"]]
+    accuracies = {"acc": ("train_accuracy", train_rows), "eval_acc": ("validation_accuracy", validation_rows)}
+    for name, (column, rows) in accuracies.items():
+        if name in final:
+            columns[column] = [_accuracy(v, rows) for v in final[name]]
+    return columns
+
+
 def _shown_classes(classes: list[int]) -> str:
     """``'2 classes: 0, 1'``, or with many classes the first three and the last: ``'10 classes: 0, 1, 2, ..., 9'``."""
     shown = [str(c) for c in classes] if len(classes) <= 6 else [*map(str, classes[:3]), "...", str(classes[-1])]
     return f"{len(classes)} classes: {', '.join(shown)}"
 
 
-def _correct(model: gd.models.Model, params: Any, data: dict[str, np.ndarray]) -> int:
-    """How many of ``data``'s rows the model puts in the class of their label."""
-    hits = jax.vmap(model.metrics["acc"], in_axes=(None, 0))(params, data)
-    return int(np.count_nonzero(np.asarray(hits)))
+class _Data(NamedTuple):
+    """The rows a command-line sweep trains on and, with ``--validation``, evaluates on."""
+
+    train: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray] | None
+    split: dict[str, Any] | None  # summary.json's "split"
+
+
+def _load(args: argparse.Namespace, path: Path, info: dict[str, Any]) -> tuple[_Data, list[int] | None]:
+    """Read the file, draw the split, standardize with the training rows' statistics; fill ``info``."""
+    x, y, features, classes = csvdata.load_csv(path, args.target, labels=args.model == "logistic")
+    n = len(x)
+    rows = None if args.validation is None else split_rows(n, args.validation, args.seed, path)
+    info.update(data=str(path.resolve()), rows=n, features=features)
+    if classes is not None:
+        info["num_classes"], info["classes"] = len(classes), classes  # model class k is the label classes[k]
+    if args.standardize:
+        x, mean, std = csvdata.standardize(x, None if rows is None else rows.train)
+        info["standardization"] = {name: {"mean": m, "std": v} for name, m, v in zip(features, mean, std, strict=True)}
+    if rows is None:
+        return _Data({"x": x, "y": y}, None, None), classes
+    held = len(rows.validation)
+    split = {
+        "fraction": args.validation,
+        "train_rows": len(rows.train),
+        "validation_rows": held,
+        "seed": args.seed,
+        "validation_row_indices": f"numpy.random.default_rng({args.seed}).permutation({n})[:{held}], 0-based "
+        "indices of the data rows in file order (the header and blank lines not counted)",
+    }
+    train = {"x": x[rows.train], "y": y[rows.train]}
+    return _Data(train, {"x": x[rows.validation], "y": y[rows.validation]}, split), classes
+
+
+def _batch(args: argparse.Namespace, path: Path, n: int, held_out: int) -> int:
+    """The batch size: --batch-size, 'full' (every training row), or by default 32 or every training row if fewer."""
+    batch: int = {"full": n, None: min(n, 32)}.get(args.batch_size, args.batch_size)
+    rows = f"the {n} rows of {path}"
+    if held_out:
+        rows = f"the {n} training rows ({path} has {n + held_out}; --validation holds out {held_out})"
+    check(batch <= n, f"--batch-size {batch} is larger than {rows}; use at most {n}, or 'full'.")
+    return batch
+
+
+def _header(args: argparse.Namespace, path: Path, info: dict[str, Any], data: _Data, batch: int, steps: int) -> str:
+    """The lines printed before training: the task, the data, the split and the sweep."""
+    features, d, n = info["features"], len(info["features"]), info["rows"]
+    softmax = info.get("num_classes", 0) > 2
+    shown = ", ".join(features[:6]) + (f", ... ({d} in all)" if d > 6 else "")
+    what = f"{'softmax regression' if softmax else MODELS[args.model]} of {args.target!r}"
+    if "classes" in info:
+        what += f" ({_shown_classes(info['classes'])})"
+    lines = [f"gdjax sweep: {what} on {plural(d, 'feature')} ({shown}), {plural(n, 'row')} of {path}"]
+    if data.split is not None:
+        held, kept = data.split["validation_rows"], data.split["train_rows"]
+        lines.append(
+            f"validation: {held} of the {n} rows held out (--validation {args.validation:g}, drawn with --seed "
+            f"{args.seed}), training on the other {kept}; the best learning rate is chosen by validation loss"
+        )
+    lines.append(
+        f"{plural(args.num_lrs, 'learning rate')} from {args.lr_min:g} to {args.lr_max:g}, {args.optimizer}, "
+        f"batch size {batch} ({plural(steps, 'step')} per epoch), {plural(args.epochs, 'epoch')}\n"
+    )
+    return "\n".join(lines)
+
+
+def _chosen(sw: gd.SweepResult, columns: dict[str, list[float]], data: _Data) -> list[str]:
+    """The lines printed after the summary table: which member was chosen, by what, and its accuracy."""
+    k = sw.best_index
+    if k is None:
+        return []
+    train = len(data.train["y"])
+    if data.validation is None:
+        if "train_accuracy" not in columns:
+            return []
+        rate = columns["train_accuracy"][k]
+        correct = _hits(rate, train)
+        return [f"training accuracy of the best: {rate:.4f} ({correct} of {plural(train, 'row')} classified right)"]
+    held = len(data.validation["y"])
+    lr = float(sw.hyperparams["learning_rate"][k])
+    lines = [
+        f"chosen by validation loss: learning rate {lr:.6g} (member {k}) has the lowest eval_loss, the mean loss on "
+        f"the {held} held-out rows (final loss is the loss on the {train} training rows)"
+    ]
+    if "train_accuracy" in columns:
+        rate, held_rate = columns["train_accuracy"][k], columns["validation_accuracy"][k]
+        lines.append(
+            f"accuracy of the chosen member: validation {held_rate:.4f} ({_hits(held_rate, held)} of {held} "
+            f"held-out rows classified right), training {rate:.4f} ({_hits(rate, train)} of {train})"
+        )
+    return lines
 
 
 def sweep(args: argparse.Namespace) -> int:
     path = Path(args.data)
-    x, y, features, classes = csvdata.load_csv(path, args.target, labels=args.model == "logistic")
-    n, d = x.shape
+    info: dict[str, Any] = {}
+    data, classes = _load(args, path, info)
+    n, d = data.train["x"].shape
     num_classes = len(classes) if classes is not None else None
-    batch = {"full": n, None: min(n, 32)}.get(args.batch_size, args.batch_size)
-    check(batch <= n, f"--batch-size {batch} is larger than the {n} rows of {path}; use at most {n}, or 'full'.")
-    info: dict[str, Any] = {"data": str(path.resolve()), "rows": n, "features": features}
+    held = 0 if data.validation is None else len(data.validation["y"])
+    batch = _batch(args, path, n, held)
     info["batch_size"] = "full" if args.batch_size == "full" else batch
-    if classes is not None:
-        info["num_classes"], info["classes"] = num_classes, classes  # model class k is the label classes[k]
-    if args.standardize:
-        x, mean, std = csvdata.standardize(x)
-        info["standardization"] = {name: {"mean": m, "std": v} for name, m, v in zip(features, mean, std, strict=True)}
-    data = {"x": x, "y": y}
-    it = gdjax_call(gd.full_batch, data) if args.batch_size == "full" else gdjax_call(gd.minibatch, data, batch)
+    full = args.batch_size == "full"
+    it = gdjax_call(gd.full_batch, data.train) if full else gdjax_call(gd.minibatch, data.train, batch)
     outputs = num_classes if num_classes is not None and num_classes > 2 else 1  # softmax regression: one per class
-    softmax = outputs > 1
-    check_size(args, n, d, batch, it.num_batches, num_outputs=outputs)
+    check_size(args, info["rows"], d, batch, it.num_batches, num_outputs=outputs)
     out = out_dir(args.out, SWEEP_FILES, [path])
     makers: dict[str, Callable[[], gd.models.Model]] = {
         "linear": gd.models.linear,
@@ -114,43 +237,34 @@ def sweep(args: argparse.Namespace) -> int:
         "mlp": functools.partial(gd.models.mlp, (args.hidden,), task="regression"),
     }
     model = makers[args.model]()
-    lrs = np.geomspace(args.lr_min, args.lr_max, args.num_lrs)
     info["steps_per_epoch"] = it.num_batches
-    shown = ", ".join(features[:6]) + (f", ... ({d} in all)" if d > 6 else "")
-    what = f"{'softmax regression' if softmax else MODELS[args.model]} of {args.target!r}"
-    if classes is not None:
-        what += f" ({_shown_classes(classes)})"
-    print(f"gdjax sweep: {what} on {plural(d, 'feature')} ({shown}), ", end="")
-    print(f"{plural(n, 'row')} of {path}")
-    print(
-        f"{plural(args.num_lrs, 'learning rate')} from {args.lr_min:g} to {args.lr_max:g}, {args.optimizer}, "
-        f"batch size {batch} ({plural(it.num_batches, 'step')} per epoch), {plural(args.epochs, 'epoch')}\n",
-        flush=True,  # seen now, not after the compilation and training, when standard output is a pipe or file
-    )
+    print(_header(args, path, info, data, batch, it.num_batches), flush=True)  # seen now, not after the training
+    evaluation: dict[str, Any] = {"metrics": model.metrics or None}  # accuracy, computed in the compiled run
+    if data.validation is not None:
+        evaluation.update(eval_data=data.validation, monitor="eval_loss", mode="min")
     sw = gdjax_call(
         gd.sweep,
         model.loss,
         functools.partial(model.init, num_features=d),
         OPTIMIZERS[args.optimizer],
         it,
-        learning_rates=lrs,
+        learning_rates=np.geomspace(args.lr_min, args.lr_max, args.num_lrs),
         epochs=args.epochs,
         key=jax.random.key(args.seed),
         progress=not args.no_progress,
+        **evaluation,
     )
     print(sw.summary())
+    columns = evaluation_columns(sw, n, held)
+    for line in _chosen(sw, columns, data):
+        print(line)
     k = sw.best_index
-    accuracy = None
-    if k is not None and "acc" in model.metrics:
-        correct = _correct(model, sw.best_params, data)
-        accuracy = correct / n
-        print(f"training accuracy of the best: {accuracy:.4f} ({correct} of {plural(n, 'row')} classified right)")
     if k is not None and args.num_lrs > 2 and k in (0, args.num_lrs - 1):
         end, flag = ("smallest", "--lr-min") if k == 0 else ("largest", "--lr-max")
         print(f"note: the best learning rate is the {end} one tried; widen the range with {flag}.")
     print()
     try:
-        for written in write_results(out, sw, summary_json(args, sw, info, accuracy)):
+        for written in write_results(out, sw, summary_json(args, sw, info, columns, data.split), columns):
             print(f"wrote {written}")
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):

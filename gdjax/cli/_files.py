@@ -106,12 +106,21 @@ def smooth_window(steps: int) -> int | None:
     return None if steps <= 200 else 10 ** round(math.log10(steps / 20))
 
 
-def write_results(out: Path, sw: SweepResult, summary: dict[str, Any]) -> Iterator[Path]:
-    """Write the four outputs, yielding each path once written (``OSError`` as the file system raises it)."""
+def write_results(
+    out: Path, sw: SweepResult, summary: dict[str, Any], columns: dict[str, list[float]] | None = None
+) -> Iterator[Path]:
+    """Write the four outputs, yielding each path once written (``OSError`` as the file system raises it).
+
+    ``columns`` (name -> one value per member) are added to results.csv's
+    rows, right after ``final_loss``.
+    """
     from gdjax import plot
 
-    rows = sw.to_rows()
-    names = [c for c in FIRST_COLUMNS if c in rows[0]] + [c for c in rows[0] if c not in FIRST_COLUMNS]
+    columns = columns or {}
+    rows = [{**row, **{name: values[k] for name, values in columns.items()}} for k, row in enumerate(sw.to_rows())]
+    first = [c for c in FIRST_COLUMNS if c in rows[0]]
+    first[first.index("final_loss") + 1 : first.index("final_loss") + 1] = list(columns)
+    names = first + [c for c in rows[0] if c not in first]
     paths = [out / name for name in SWEEP_FILES]
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"  # strict JSON: _summary made every number finite
     with paths[0].open("w", newline="", encoding="utf-8") as f:

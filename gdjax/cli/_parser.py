@@ -14,6 +14,7 @@ import optax
 
 from gdjax import __version__
 from gdjax.cli._common import UsageError, check
+from gdjax.cli._split import check_fraction
 
 OPTIMIZERS = {"sgd": optax.sgd, "momentum": functools.partial(optax.sgd, momentum=0.9), "adam": optax.adam}
 MODELS = {"linear": "linear regression", "logistic": "logistic regression", "mlp": "MLP regression"}
@@ -21,18 +22,28 @@ MAX_SEED = 2**32 - 1
 F32 = np.finfo(np.float32)
 
 SWEEP_EPILOG = """\
-The final loss is the mean loss over the whole data set after the last epoch: squared error / 2 for linear \
-and mlp, log-loss for logistic (softmax cross-entropy with 3 classes or more). A member whose loss or parameters \
-become non-finite is stopped and marked diverged.
+The final loss is the mean loss over the training rows (every row, without --validation) after the last epoch: \
+squared error / 2 for linear and mlp, log-loss for logistic (softmax cross-entropy with 3 classes or more). A member \
+whose loss or parameters become non-finite is stopped and marked diverged.
 
 With --model logistic the target holds class labels, whole numbers: the distinct labels, sorted, are the classes \
 0, 1, 2, ... (summary.json lists them as "classes"). Two give logistic regression, predicting the probability of \
 the larger label; three or more give softmax regression, with one weight per feature and class. The training \
-accuracy of the best learning rate is printed and written to summary.json.
+accuracy of every learning rate is computed in the compiled run: results.csv has it (train_accuracy), and the best \
+one's is printed and written to summary.json.
+
+With --validation FRACTION, that share of the rows (rounded to a whole number of rows) is held out, drawn with \
+--seed after the labels are numbered: the models train on the other rows, every learning rate is evaluated on the \
+held-out rows in the same compiled run, and the best learning rate is the one with the lowest validation loss, not \
+the lowest training loss. results.csv then has a validation_loss column (and for classification \
+validation_accuracy), summary.json a "split" entry with the rows on each side, and the figures show the validation \
+loss. The held-out rows can be drawn again: numpy.random.default_rng(SEED).permutation(ROWS)[:HELD_OUT] are their \
+0-based indices among the data rows (file order, header and blank lines not counted).
 
 examples:
   gdjax sweep data.csv --target y
   gdjax sweep data.csv --target label --model logistic --standardize --optimizer adam
+  gdjax sweep data.csv --target label --model logistic --validation 0.2
   gdjax sweep data.csv --target y --model mlp --hidden 64 --batch-size full --epochs 500
 """
 
@@ -112,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on a CSV file (a header row, then numbers only) once per learning rate, all in one "
         "compiled program: a regression (linear, mlp) or a classification of whole-number labels into 2 or more "
         "classes (logistic); print the summary and write results.csv (one row per learning rate), summary.json "
-        "(best learning rate, settings, versions), sweep.png and curves.png into --out.",
+        "(best learning rate, settings, versions), sweep.png and curves.png into --out. With --validation, the "
+        "best learning rate is chosen on held-out rows.",
         epilog=SWEEP_EPILOG,
         formatter_class=_Formatter,
     )
@@ -140,9 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--standardize",
         action="store_true",
         help="z-score every feature column (mean 0, std 1, float64 statistics) before training; the target is "
-        "left as is, and a constant column becomes all zeros",
+        "left as is, and a constant column becomes all zeros. With --validation the mean and std are those of the "
+        "training rows only, and the held-out rows are scaled with them (nothing leaks from the validation rows)",
     )
-    _add_common(sw, "gdjax-sweep", "seed of the data order and the mlp's initial weights")
+    sw.add_argument(
+        "--validation",
+        type=float,
+        metavar="FRACTION",
+        help="hold out this share of the rows (between 0 and 1, such as 0.2), drawn with --seed, and choose the "
+        "best learning rate by the loss on them (default: no split; the best is the lowest training loss)",
+    )
+    _add_common(sw, "gdjax-sweep", "seed of the validation split, the data order and the mlp's initial weights")
     return parser
 
 
@@ -166,6 +186,8 @@ def check_options(args: argparse.Namespace) -> None:
     for flag, value in (("--num-lrs", args.num_lrs), ("--epochs", args.epochs), ("--batch-size", batch)):
         check(value >= 1, f"{flag} must be at least 1; got {value}.")
     check(args.hidden >= 1, f"--hidden must be at least 1; got {args.hidden}.")
+    if args.validation is not None:
+        check_fraction(args.validation)
     tiny, huge = float(F32.tiny), float(F32.max)
     for flag, value in (("--lr-min", args.lr_min), ("--lr-max", args.lr_max)):
         check(math.isfinite(value) and value > 0, f"{flag} must be a positive number; got {value:g}.")

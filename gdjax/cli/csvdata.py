@@ -222,7 +222,7 @@ def load_csv(path: str | Path, target: str, *, labels: bool = False) -> Table:
     return Table(x, table[:, t].astype(np.float32), features)
 
 
-def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def standardize(x: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Z-score each column: ``(x - mean) / std``, with statistics in float64.
 
     A constant column (standard deviation 0) is only centred, so it becomes
@@ -230,6 +230,9 @@ def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Args:
       x: array of shape ``(n, d)``.
+      rows: the indices of the rows the statistics are taken from (the
+        training rows, so that held-out rows leak nothing into training);
+        every row when None. Every row is scaled with them.
 
     Returns:
       ``(z, mean, std)``: ``z`` in the dtype of ``x``, ``mean`` and ``std``
@@ -239,9 +242,13 @@ def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
       >>> z, mean, std = standardize(np.array([[1.0, 5.0], [3.0, 5.0]], np.float32))
       >>> z.tolist(), mean.tolist(), std.tolist()
       ([[-1.0, 0.0], [1.0, 0.0]], [2.0, 5.0], [1.0, 1.0])
+      >>> z, mean, std = standardize(np.array([[1.0], [3.0], [11.0]], np.float32), rows=np.array([0, 1]))
+      >>> z.ravel().tolist(), mean.tolist()
+      ([-1.0, 1.0, 9.0], [2.0])
     """
     wide = np.asarray(x, np.float64)
-    mean = wide.mean(axis=0)
-    std = wide.std(axis=0)
+    fitted = wide if rows is None else wide[rows]
+    mean = fitted.mean(axis=0)
+    std = fitted.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     return ((wide - mean) / std).astype(x.dtype), mean, std

@@ -55,13 +55,21 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
 
     Status: ``converged`` (reached ``tol``), ``diverged`` (a non-finite loss
     or parameters), ``worse`` (ended above its initial loss: unstable but
-    not yet overflowed) or ``ran``; ``*`` marks the best member. When every
+    not yet overflowed) or ``ran``; ``*`` marks the best member. When the
+    members are ranked by something else than the final training loss (a
+    ``monitor`` such as ``eval_loss``, or ``keep_best``), a column shows
+    that value (:attr:`SweepResult.selection`). When every
     member diverged, the last line says whether the loss was already
     non-finite before any step (the data overflows: rescale it) or the
     learning rates were too large.
     """
     names = list(sw.hyperparams) + (["seed"] if sw.seeds is not None else [])
-    head = "".join(f"{n:>15}" for n in names) + f"{'final loss':>14}{'epochs':>8}{'status':>11}"
+    # the value members are ranked by, when it is not the final loss (eval_loss with evaluation data, ...)
+    watched = sw.monitor if sw.monitor != "loss" or sw.best_epoch_params is not None else None
+    label = None if watched is None else watched + (" (best)" if sw.best_epoch_params is not None else "")
+    width = 0 if label is None else max(14, len(label) + 2)
+    head = "".join(f"{n:>15}" for n in names) + f"{'final loss':>14}" + f"{label or '':>{width}}"
+    head += f"{'epochs':>8}{'status':>11}"
     lines = [
         f"sweep of {sw.num_members} members on {sw.devices} {jax.default_backend()} device(s) "
         f"(jax {jax.__version__}), {sw.wall_time:.3f} s run + {sw.compile_time:.2f} s compile",
@@ -75,6 +83,7 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
             | ({sw.best_index} if sw.best_index is not None else set())
         )
     rows_ = rows(sw)
+    selection = np.asarray(sw.selection, np.float64)
     for k in shown:
         r = rows_[k]
         status = (
@@ -87,7 +96,9 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
             else "ran"
         )
         cells = "".join(f"{r[n]:>15.6g}" if n != "seed" else f"{r[n]:>15d}" for n in names)
-        lines.append(f"{cells}{r['final_loss']:>14.6g}{r['num_epochs']:>8d}{status + (' *' if r['best'] else ''):>11}")
+        ranked = f"{selection[k]:>{width}.6g}" if width else ""
+        mark = status + (" *" if r["best"] else "")
+        lines.append(f"{cells}{r['final_loss']:>14.6g}{ranked}{r['num_epochs']:>8d}{mark:>11}")
     if sw.num_members > max_rows:
         lines.append(f"({sw.num_members - len(shown)} more members not shown)")
     best = sw.best_hyperparams
@@ -108,8 +119,10 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
         lines.append("every member diverged: try smaller learning rates.")
     else:
         shown_best = ", ".join(f"{k}={v:.6g}" for k, v in best.items())
+        i = sw.best_index
+        by = "" if label is None else f", {label} {selection[i]:.6g} ({'highest' if sw.mode == 'max' else 'lowest'})"
         lines.append(
-            f"best (*): {shown_best}, final loss {sw.final_loss[sw.best_index]:.6g}; "
+            f"best (*): {shown_best}{by}, final loss {sw.final_loss[i]:.6g}; "
             f"{int(sw.diverged.sum())} of {sw.num_members} diverged"
         )
     return "\n".join(lines)
