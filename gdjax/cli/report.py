@@ -27,13 +27,13 @@ def rows(sw: SweepResult) -> list[dict[str, Any]]:
       >>> sw = gd.sweep(m.loss, m.init(None, 2), optax.sgd, gd.full_batch(prob.data),
       ...               learning_rates=[0.1, 0.2], epochs=3, key=jax.random.key(0))
       >>> sorted(rows(sw)[0])[:4]
-      ['best', 'converged', 'diverged', 'diverged_at']
+      ['best', 'best_epoch', 'converged', 'diverged']
     """
     best = sw.best_index
     out = []
     for k in range(sw.num_members):
         row: dict[str, Any] = {"member": k}
-        row.update({name: float(v[k]) for name, v in sw.hyperparams.items()})
+        row.update({name: float(v[k]) for name, v in {**sw.hyperparams, **sw.loss_hyperparams}.items()})
         if sw.seeds is not None:
             row["seed"] = int(sw.seeds[k])
         row.update(
@@ -42,6 +42,8 @@ def rows(sw: SweepResult) -> list[dict[str, Any]]:
             diverged=bool(sw.diverged[k]),
             diverged_at=int(sw.diverged_at[k]) if sw.diverged[k] else None,
             converged=bool(sw.converged[k]),
+            stopped_early=bool(sw.stopped_early[k]),
+            best_epoch=int(sw.best_epoch[k]) if sw.best_epoch[k] >= 0 else None,
             num_steps=int(sw.num_steps[k]),
             num_epochs=int(sw.num_epochs[k]),
             best=k == best,
@@ -54,7 +56,7 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
     """A readable table: one line per member (at most ``max_rows``, spread evenly), then the best.
 
     Status: ``converged`` (reached ``tol``), ``diverged`` (a non-finite loss
-    or parameters), ``worse`` (ended above its initial loss: unstable but
+    or parameters), ``stopped`` (early stopping's patience ran out), ``worse`` (ended above its initial loss: unstable but
     not yet overflowed) or ``ran``; ``*`` marks the best member. When the
     members are ranked by something else than the final training loss (a
     ``monitor`` such as ``eval_loss``, or ``keep_best``), a column shows
@@ -63,7 +65,7 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
     non-finite before any step (the data overflows: rescale it) or the
     learning rates were too large.
     """
-    names = list(sw.hyperparams) + (["seed"] if sw.seeds is not None else [])
+    names = list(sw.hyperparams) + list(sw.loss_hyperparams) + (["seed"] if sw.seeds is not None else [])
     # the value members are ranked by, when it is not the final loss (eval_loss with evaluation data, ...)
     watched = sw.monitor if sw.monitor != "loss" or sw.best_epoch_params is not None else None
     label = None if watched is None else watched + (" (best)" if sw.best_epoch_params is not None else "")
@@ -91,6 +93,8 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
             if r["diverged"]
             else "converged"
             if r["converged"]
+            else "stopped"  # early stopping: patience ran out
+            if r["stopped_early"]
             else "worse"  # ended above where it started: unstable, though not yet overflowed
             if not r["final_loss"] < r["initial_loss"]
             else "ran"
