@@ -76,7 +76,7 @@ def small_run(small_problem):
 
 
 # Doctests of gdjax/ that train and draw figures (seconds each; test_plot checks the figures): slow lane.
-SLOW_DOCTESTS = ("gdjax/demo.py::", "gdjax/plot/runs.py::", "gdjax/plot/sweeps.py::")
+SLOW_DOCTESTS = ("gdjax/demo.py::", "gdjax/plot/runs.py::", "gdjax/plot/sweeps.py::", "gdjax/plot/history.py::")
 
 
 def pytest_collection_modifyitems(items):

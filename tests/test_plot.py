@@ -124,6 +124,33 @@ def test_sweep_marks_diverged_and_best(swept, tmp_path):
     _saved(ax, tmp_path, "sweep.png")
 
 
+def test_default_sweep_plots_rank_by_the_final_loss(swept):
+    """Without a monitor other than the loss (no eval data), the sweep plots draw the final loss as they always did."""
+    sw = swept
+    assert sw.monitor == "loss" and sw.best_epoch_params is None
+    ax = gd.plot.sweep(sw)
+    assert ax.get_ylabel() == "final full-data loss (log scale)"
+    assert ax.get_title() == f"Sweep of {sw.num_members} members: final loss against learning rate"
+    line = ax.get_lines()[0]
+    assert line.get_label() == "final loss"
+    cap = 10 * float(sw.initial_loss[sw.healthy].max())
+    shown = sw.healthy & (sw.final_loss <= cap)
+    np.testing.assert_allclose(line.get_ydata(), sw.final_loss[shown][np.argsort(sw.learning_rates[shown])])
+    best = sw.best_index
+    star = next(line for line in ax.get_lines() if line.get_marker() == "*")
+    assert star.get_label() == f"best: learning rate {sw.learning_rates[best]:.3g}, loss {sw.final_loss[best]:.4g}"
+    lines = gd.plot.curves(sw)
+    assert lines.get_xlabel() == "update (step)" and lines.get_ylabel() == "mini-batch loss (log scale)"
+    assert lines.get_title() == f"Loss curves of {sw.num_members} members, coloured by learning rate"
+    assert lines.get_legend() is None and len(lines.get_lines()) == sw.num_members
+    for k, drawn in zip(np.argsort(sw.learning_rates), lines.get_lines(), strict=True):
+        np.testing.assert_allclose(drawn.get_ydata(), sw.losses[k])
+    # the same sweep ranked at each member's best epoch (keep_best) is labelled by its monitor instead
+    kept = dataclasses.replace(sw, best_epoch_params=sw.params)
+    assert gd.plot.sweep(kept).get_ylabel().startswith("loss at each member's best epoch (min)")
+    assert gd.plot.curves(kept).get_ylabel().startswith("loss (min)")
+
+
 def test_curves_one_line_per_member_with_colour_bar(swept, tmp_path):
     ax = gd.plot.curves(swept, smooth=5)
     assert len(ax.get_lines()) == swept.num_members
@@ -161,6 +188,9 @@ def test_heatmap_of_a_grid(grid, tmp_path):
     np.testing.assert_array_equal(np.isnan(image[rows, columns]), ~sw.healthy)  # row: momentum, column: lr
     assert sum(t.get_text() == "x" for t in ax.texts) == int(sw.diverged.sum())
     assert ax.get_xlabel() == "learning rate" and ax.get_ylabel() == "momentum"
+    assert ax.figure.axes[1].get_ylabel() == "final full-data loss (log scale)"  # the default: the final loss
+    assert ax.get_title() == "Final loss over learning rate x momentum (x: diverged, star: best)"
+    assert ax.get_images()[0].get_cmap().name == "viridis_r"
     _saved(ax, tmp_path, "heatmap.png")
 
 

@@ -10,13 +10,19 @@ with ``gd.plot.save(ax, "cost.png")`` (or ``ax.figure.savefig``).
   or seconds, with a moving average over the noisy mini-batch losses and the
   full-data cost of each epoch as markers.
 * :func:`compare`: several runs on one axes (batch, stochastic, mini-batch).
-* :func:`sweep`: final loss against the learning rate, diverged members and
-  the best one marked; :func:`curves`: every member's curve coloured by its
-  learning rate; :func:`heatmap`: final loss over a two-hyperparameter grid.
+* :func:`history`: the training and evaluation curves of every evaluated
+  value (loss, metrics, aux) against epochs, one panel each, the best epoch of
+  the monitored value marked (a run, or one member of a sweep).
+* :func:`sweep`: the value the members are ranked by (the final loss, or the
+  monitored value such as ``eval_acc``) against the learning rate, diverged
+  members and the best one marked; :func:`curves`: every member's curve
+  coloured by its learning rate; :func:`heatmap`: that value over a
+  two-hyperparameter grid (optimizer or loss hyperparameters).
 """
 
 from gdjax.plot._base import moving_average, save
+from gdjax.plot.history import history
 from gdjax.plot.runs import compare, losses
 from gdjax.plot.sweeps import curves, heatmap, sweep
 
-__all__ = ["compare", "curves", "heatmap", "losses", "moving_average", "save", "sweep"]
+__all__ = ["compare", "curves", "heatmap", "history", "losses", "moving_average", "save", "sweep"]

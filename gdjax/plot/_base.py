@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -82,9 +83,12 @@ def hp_axis(values: np.ndarray, name: str) -> tuple[np.ndarray, str, bool]:
     return values, label, False
 
 
-def save(ax: Axes, path: Any) -> None:
-    """Save the figure an ``Axes`` of gdjax's plots is drawn on (a top-level figure of its own)."""
-    figure = ax.figure
+def save(ax: Axes | Sequence[Axes], path: Any) -> None:
+    """Save the figure an ``Axes`` of gdjax's plots is drawn on (a top-level figure of its own).
+
+    ``ax`` may be the list of panels :func:`gdjax.plot.history` returns.
+    """
+    figure = (ax if isinstance(ax, Axes) else ax[0]).figure
     assert isinstance(figure, Figure)
     figure.savefig(path)
 
@@ -141,10 +145,44 @@ def finish(ax: Axes, x: str, log: bool, *, title: str, ylabel: str = "loss") -> 
     ax.legend(fontsize="small", frameon=False)
 
 
+def swept(sw: SweepResult) -> dict[str, np.ndarray]:
+    """Every per-member value a plot can put on an axis: the optimizer's hyperparameters, then the loss's."""
+    return {**sw.hyperparams, **sw.loss_hyperparams}
+
+
 def hp_values(sw: SweepResult, name: str) -> np.ndarray:
-    if name not in sw.hyperparams:
-        raise ValueError(f"hyperparameter {name!r} was not swept; the sweep has {sorted(sw.hyperparams)}.")
-    return np.asarray(sw.hyperparams[name], np.float64)
+    values = swept(sw)
+    if name not in values:
+        raise ValueError(f"hyperparameter {name!r} was not swept; the sweep has {sorted(values)}.")
+    return np.asarray(values[name], np.float64)
+
+
+def is_loss(name: str) -> bool:
+    """Whether an evaluated value is a loss, drawn on a log axis (``loss``, ``eval_loss``: names ending in ``loss``)."""
+    return name.endswith("loss")
+
+
+def loggable(values: Any) -> bool:
+    """Whether values can go on a log axis: some are positive, and the finite ones are within :data:`LOG_SAFE`."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return bool((v > 0).any()) and bool((v > 0).all()) and LOG_SAFE[0] <= v.min() and v.max() <= LOG_SAFE[1]
+
+
+def cost_points(res: FitResult) -> tuple[np.ndarray, np.ndarray]:
+    """The full-data cost known for a run: ``(epochs, values)``, epoch 0 the initial loss, finite points only.
+
+    ``epoch_losses`` is NaN at epochs that were not evaluated (``eval_every``
+    other than 1); the final evaluation of such a run, taken when it finished,
+    is in ``history["loss"]`` and fills its epoch.
+    """
+    cost = np.concatenate([[res.initial_loss], res.epoch_losses]).astype(np.float64)
+    known = res.history.get("loss", np.full(len(res.history_epochs), np.nan))
+    for epoch, value in zip(res.history_epochs, known, strict=True):
+        if 0 < epoch < len(cost) and np.isnan(cost[epoch]):
+            cost[epoch] = value
+    keep = np.isfinite(cost)
+    return np.arange(len(cost))[keep], cost[keep]
 
 
 def axis_name(name: str) -> str:

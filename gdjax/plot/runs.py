@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 
-from gdjax.plot._base import RAW_ALPHA, check_x, finish, moving_average, new_axes, step_scale, window_steps
+from gdjax.plot._base import (
+    RAW_ALPHA,
+    check_x,
+    cost_points,
+    finish,
+    moving_average,
+    new_axes,
+    step_scale,
+    window_steps,
+)
 from gdjax.results import FitResult
 
 __all__ = ["compare", "losses"]
@@ -25,6 +34,10 @@ def losses(
     color: Any = None,
 ) -> Axes:
     """The cost curve of one run.
+
+    The full-data cost is drawn at epoch 0 (the initial loss) and after each
+    epoch it was evaluated: with ``eval_every`` other than 1 only those epochs
+    and the final evaluation have a point (``epoch_losses`` is NaN between them).
 
     Args:
       result: a :class:`gdjax.FitResult`.
@@ -69,23 +82,23 @@ def losses(
             label=f"{name}: moving average of {int(smooth)} updates",
         )
         if log:  # single-sample losses reach down to ~0; keep the view on the averages
-            shown = np.concatenate([average[first:], [result.initial_loss], result.epoch_losses])
+            shown = np.concatenate([average[first:], cost_points(result)[1]])
             shown = shown[np.isfinite(shown) & (shown > 0)]
             if len(shown) and shown.max() < 1e300:
                 ax.set_ylim(shown.min() / 20, shown.max() * 3)
     else:
         (line,) = ax.plot(steps * scale, raw, lw=1.0, color=color, label=f"{name}: mini-batch loss")
-    epoch_steps = np.arange(0, result.num_epochs + 1) * result.steps_per_epoch
-    cost = np.concatenate([[result.initial_loss], result.epoch_losses])
+    epochs, cost = cost_points(result)
+    sparse = len(result.history_epochs) < result.num_epochs  # evaluated every few epochs (eval_every)
     ax.plot(
-        epoch_steps * scale,
+        epochs * result.steps_per_epoch * scale,
         cost,
         "o",
         ms=5,
         mfc="white",
         mew=1.5,
         color=line.get_color(),
-        label=f"{name}: full-data cost after each epoch",
+        label=f"{name}: full-data cost after each {'evaluation' if sparse else 'epoch'}",
     )
     finish(ax, x, log, title=f"Cost against {x if x != 'time' else 'time'}")
     return ax
@@ -102,7 +115,9 @@ def compare(
     """Several runs on one axes: their full-data cost after each epoch against ``x``.
 
     With ``smooth``, each run's moving-average mini-batch loss is drawn faintly
-    in the same colour.
+    in the same colour. A run evaluated only every few epochs (``eval_every``)
+    is drawn through the epochs it was evaluated at (its finite points), with
+    markers while it has at most 61 of them.
 
     Example:
       >>> import jax, optax, gdjax as gd
@@ -121,13 +136,12 @@ def compare(
     ax = new_axes(ax)
     for name, res in results.items():
         scale = step_scale(res, x, res.num_steps)
-        epoch_steps = np.arange(0, res.num_epochs + 1) * res.steps_per_epoch
-        cost = np.concatenate([[res.initial_loss], res.epoch_losses])
+        epochs, cost = cost_points(res)
         (line,) = ax.plot(
-            epoch_steps * scale,
+            epochs * res.steps_per_epoch * scale,
             cost,
             "-o",
-            ms=3 if res.num_epochs <= 60 else 0,
+            ms=3 if len(cost) <= 61 else 0,
             lw=1.8,
             label=f"{name} ({res.num_steps:,} updates)",
         )
