@@ -56,8 +56,9 @@ def summary(sw: SweepResult, max_rows: int = 20) -> str:
     """A readable table: one line per member (at most ``max_rows``, spread evenly), then the best.
 
     Status: ``converged`` (reached ``tol``), ``diverged`` (a non-finite loss
-    or parameters), ``stopped`` (early stopping's patience ran out), ``worse`` (ended above its initial loss: unstable but
-    not yet overflowed) or ``ran``; ``*`` marks the best member. When the
+    or parameters), ``stopped`` (early stopping's patience ran out),
+    ``worse`` (ended above its initial loss: unstable but not yet
+    overflowed) or ``ran``; ``*`` marks the best member. When the
     members are ranked by something else than the final training loss (a
     ``monitor`` such as ``eval_loss``, or ``keep_best``), a column shows
     that value (:attr:`SweepResult.selection`). When every
