@@ -25,6 +25,7 @@ import numpy as np
 from gdjax import _validate
 from gdjax._optimizer import merge_learning_rate
 from gdjax._types import ceil_div
+from gdjax._validate_eval import loss_mapping
 
 
 class Members(NamedTuple):
@@ -93,7 +94,7 @@ def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any, lo
         named["learning_rate"] = named["learning_rate"][None]
     if not named:
         raise ValueError("sweep needs something to sweep: pass learning_rates=[...] and/or hyperparams={name: [...]}.")
-    keywords = {f"loss_hyperparams[{k!r}]": k for k in _loss(loss_hyperparams)}  # the table's key -> the keyword
+    keywords = {f"loss_hyperparams[{k!r}]": k for k in loss_mapping(loss_hyperparams)}  # the table's key -> the keyword
     named.update({key: _as_values(key, loss_hyperparams[k], signed=True) for key, k in keywords.items()})
     swept = {k: v for k, v in named.items() if v.ndim == 1}
     fixed = {k: v for k, v in named.items() if v.ndim == 0}
@@ -118,21 +119,6 @@ def members(learning_rates: Any, hyperparams: Any, *, grid: bool, seeds: Any, lo
         seed_values = np.tile(seed_values, length)
     opt = {k: v for k, v in table.items() if k not in keywords}
     return Members(opt, seed_values, {keywords[k]: v for k, v in table.items() if k in keywords})
-
-
-def _loss(values: Any) -> dict[str, Any]:
-    """``loss_hyperparams`` as a dict of keyword names (None: empty)."""
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise TypeError(
-            f"loss_hyperparams must be a dict from the loss's keyword names to values, such as "
-            f"loss_hyperparams={{'l2': [0.0, 1e-3]}}; got {type(values).__name__}."
-        )
-    for name in values:
-        if not isinstance(name, str) or not name.isidentifier():
-            raise TypeError(f"loss_hyperparams keys must be keyword names (str); got {name!r}.")
-    return dict(values)
 
 
 class Chunk(NamedTuple):

@@ -185,8 +185,8 @@ def loss_keywords(loss_fn: Callable[..., Any], names: Any) -> None:
         ) from None
 
 
-def loss_values(values: Any, *, allow_arrays: bool) -> dict[str, np.ndarray]:
-    """``loss_hyperparams`` checked: names to finite numbers (or 1-D arrays where ``allow_arrays``)."""
+def loss_mapping(values: Any) -> dict[str, Any]:
+    """``loss_hyperparams`` as a dict of keyword names to (unchecked) values; None is empty."""
     if values is None:
         return {}
     if not isinstance(values, Mapping):
@@ -194,10 +194,16 @@ def loss_values(values: Any, *, allow_arrays: bool) -> dict[str, np.ndarray]:
             f"loss_hyperparams must be a dict from the loss's keyword names to values, such as "
             f"loss_hyperparams={{'l2': 1e-3}}; got {type(values).__name__}."
         )
-    out = {}
-    for name, value in values.items():
+    for name in values:
         if not isinstance(name, str) or not name.isidentifier():
             raise TypeError(f"loss_hyperparams keys must be keyword names (str); got {name!r}.")
+    return dict(values)
+
+
+def loss_values(values: Any, *, allow_arrays: bool) -> dict[str, np.ndarray]:
+    """``loss_hyperparams`` checked: names to finite numbers (or 1-D arrays where ``allow_arrays``)."""
+    out = {}
+    for name, value in loss_mapping(values).items():
         arr = _validate.check_hyperparam(value, f"loss_hyperparams[{name!r}]", signed=True)
         if arr.ndim != 0 and not allow_arrays:
             raise ValueError(
