@@ -399,10 +399,13 @@ def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> R
         return (epoch < epochs) & room & jnp.any(active(run))
 
     epoch, run = jax.lax.while_loop(going, body, (jnp.max(run.epoch), run))
-    if cfg.evaluation.eval_every == 1:
+    every = cfg.evaluation.eval_every
+    if every == 1:
         return run  # every epoch was evaluated: ``last`` is current
+    # ``last`` is current for a run whose last epoch was evaluated and passed its checks
+    stale = jnp.any(run.diverged | (run.epoch % every != 0)) if every else jnp.array(True)
     finished = (epoch >= inputs.epochs) | ~jnp.any(active(run))
-    return jax.lax.cond(finished, lambda r: final(r, _member(inputs)), lambda r: r, run)
+    return jax.lax.cond(finished & stale, lambda r: final(r, _member(inputs)), lambda r: r, run)
 
 
 def _start(layout: Layout, inputs: Inputs) -> RunState:

@@ -75,18 +75,18 @@ def accumulation_dtype(dtype: Any) -> Any:
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean over the leading (batch) axis of the entries the mask keeps; trailing axes stay.
 
-    Taken in :func:`accumulation_dtype` as ``sum(values) / count`` over the
-    kept entries (so a mean of ones is exactly 1). Where that sum overflows
-    although the mean is representable (1e34 per example over 1e5
-    examples), each term is scaled by ``1 / count`` before the sum instead.
+    Taken in :func:`accumulation_dtype` in one reduction: each kept term is
+    divided by ``scale``, the power of two at or above the count (exact), the
+    sum divided by the count and multiplied back by ``scale``. So a mean of
+    ones is exactly 1, and a sum that would overflow although the mean is
+    representable (1e34 per example over 1e5 examples) does not.
     """
     acc = accumulation_dtype(values.dtype)
     count = jnp.maximum(jnp.sum(mask, dtype=jnp.int32), 1).astype(acc)
+    scale = jnp.exp2(jnp.ceil(jnp.log2(count)))
     keep = mask.reshape(mask.shape + (1,) * (values.ndim - 1))
-    kept = jnp.where(keep, values.astype(acc), 0)
-    mean = jnp.sum(kept, axis=0) / count
-    scaled = jnp.sum(kept / count, axis=0)
-    return jnp.where(jnp.isfinite(mean) | ~jnp.isfinite(scaled), mean, scaled)
+    total = jnp.sum(jnp.where(keep, values.astype(acc) / scale, 0), axis=0)
+    return total / count * scale
 
 
 def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = False) -> Callable:

@@ -27,7 +27,14 @@ EXPECTED = {
     "bench_memory": ["run peak - start", "ratios: main: gd.sweep / expert"],
     "bench_fit": ["vs gdjax.fit", "gdjax vs expert:", "python loop vs gdjax:", "permutation / epoch_indices:"],
     "bench_sweep_others": ["vs gd.sweep", "(d) stochastic gd.sweep / expert b=1"],
-    "bench_large_sweep": ["% of big matmul", "of the big-matmul rate", "gd.sweep / expert ="],
+    "bench_large_sweep": ["% of big matmul", "of the big-matmul rate", "gd.sweep / expert =", "eval_every=0 reaches"],
+    "bench_eval": [
+        "vs eval_every=0, no eval data",
+        "(a) no eval data: default / eval_every=0",
+        "(b) one evaluation",
+        "(c) with eval data: eval_every=1 / eval_every=0",
+        "gd ways agree",
+    ],
 }
 
 

@@ -75,3 +75,22 @@ def test_lr_sweep(capsys):
     assert out["mlp"]["best_loss"] < out["mlp"]["initial_loss"] / 2
     text = capsys.readouterr().out
     assert "best (*)" in text and "2/L" in text
+
+
+def test_model_selection(capsys):
+    pytest.importorskip("sklearn")  # the digits data set; pip install -e ".[bench]"
+    with jax.numpy_dtype_promotion("standard"):  # optax's AdamW, as above
+        out = _load("model_selection").main([])
+    sel, other = out["selected"], out["train_loss_pick"]
+    assert sel["test_accuracy"] >= 0.9
+    # 20% of the training labels are wrong: the member that fits them best (no weight decay, 100 epochs) has
+    # memorised them, and the validation split sees it
+    assert other["hyperparams"]["weight_decay"] == 0.0
+    assert other["train_loss"] < 0.1 < other["val_loss"]
+    assert sel["val_loss"] < other["val_loss"]
+    assert sel["test_accuracy"] > other["test_accuracy"] + 0.03
+    # early stopping ran: some members stopped before 100 epochs, each a patience (10) after its best epoch
+    assert out["stopped_early"].any() and (out["num_epochs"] < 100).any()
+    assert 1 <= sel["epoch"] < 100 and other["epoch"] == 100
+    text = capsys.readouterr().out
+    assert "validation pick (*)" in text and "training-loss pick" in text and "best (*)" in text
