@@ -39,7 +39,7 @@ The model is an MLP 64-128-10 trained by ``optax.adamw`` on mini-batches of
 members in one compiled program), for at most 100 epochs.
 
 Run it with ``python examples/model_selection.py`` (``--help`` for options;
-needs scikit-learn: ``pip install -e ".[bench]"``). It takes about 15
+needs scikit-learn, which the dev extra installs). It takes about 15
 seconds on 2 CPU cores, about 5 of them compiling.
 """
 

@@ -78,7 +78,6 @@ def test_lr_sweep(capsys):
 
 
 def test_model_selection(capsys):
-    pytest.importorskip("sklearn")  # the digits data set; pip install -e ".[bench]"
     with jax.numpy_dtype_promotion("standard"):  # optax's AdamW, as above
         out = _load("model_selection").main([])
     sel, other = out["selected"], out["train_loss_pick"]
