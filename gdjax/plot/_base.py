@@ -134,14 +134,19 @@ def window_steps(res: FitResult | SweepResult, count: int) -> np.ndarray:
     return np.arange(1, count + 1) * res.log_every - 1
 
 
-def finish(ax: Axes, x: str, log: bool, *, title: str, ylabel: str = "loss") -> None:
-    log = log and has_positive_data(ax)  # no positive loss to show on a log axis: a linear one
+def label_axes(ax: Axes, x: str, log: bool, *, title: str, ylabel: str) -> None:
+    """The x label of ``x``, the y label (and log scale when ``log``), the title and the grid."""
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
     if log:
         ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
+
+
+def finish(ax: Axes, x: str, log: bool, *, title: str, ylabel: str = "loss") -> None:
+    log = log and has_positive_data(ax)  # no positive loss to show on a log axis: a linear one
+    label_axes(ax, x, log, title=title, ylabel=ylabel)
     ax.legend(fontsize="small", frameon=False)
 
 

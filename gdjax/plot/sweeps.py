@@ -19,13 +19,13 @@ from matplotlib.cm import ScalarMappable
 
 from gdjax.plot._base import (
     LOG_SAFE,
-    X_LABELS,
     axis_name,
     check_x,
     has_positive_data,
     hp_axis,
     hp_values,
     is_loss,
+    label_axes,
     loggable,
     moving_average,
     new_axes,
@@ -272,12 +272,7 @@ def curves(
     if norm is not None:
         bar = ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax)
         bar.set_label(label)
-    ax.set_xlabel(X_LABELS[x])
-    ax.set_ylabel(ylabel + (" (log scale)" if log else ""))
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
+    label_axes(ax, x, log, title=title, ylabel=ylabel)
     return ax
 
 
