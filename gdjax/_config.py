@@ -10,6 +10,7 @@ hyperparameters and ``tol``) into arrays of the dtypes the program uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,13 +23,14 @@ from gdjax import _validate, _validate_eval
 from gdjax._caches import BoundedCache, callable_key
 from gdjax._evaluation import Evaluation, aux_layout
 from gdjax._optimizer import is_factory
-from gdjax._program import Config, Inputs, capacity, unroll_for
+from gdjax._program import Config, Inputs, capacity, unroll_for, with_static
 from gdjax._runner import signature
+from gdjax._trainable import Static, combine
 from gdjax._types import PyTree
 from gdjax._validate import RunArgs
 from gdjax._validate_loss import loss_dtype
 from gdjax.data import DataIterator
-from gdjax.step import accumulation_dtype
+from gdjax.step import TrainState, accumulation_dtype
 
 
 def config(
@@ -44,30 +46,51 @@ def config(
     members: int = 1,
     evaluation: Evaluation | None = None,
     loss_hparams: tuple[str, ...] = (),
+    with_key: bool = False,
+    model_state: PyTree = None,
+    static: Static | None = None,
 ) -> Config:
     """The run's static configuration (cached: equal configurations share compiled programs).
 
     ``members`` is the number of runs one program holds (a sweep's chunk),
     which bounds how many epochs of history fit in it. ``evaluation`` comes
     from :func:`gdjax._validate_eval.evaluation`; here it gets the loss's aux
-    layout and its monitor is checked.
+    layout and its monitor is checked. ``params`` are the trained leaves
+    (``static`` holds the others); ``model_state`` is the loss's initial model
+    state, or None when the loss has none.
     """
     evaluation = Evaluation() if evaluation is None else evaluation
+    stateful = model_state is not None
     sig = (
         callable_key(loss_fn),
         has_aux,
         batched,
         evaluation,
         loss_hparams,
+        with_key,
+        static,
         signature(params),
+        signature(model_state),
         signature(it),
     )
     checked = _CHECKED.get(sig)
     if checked is None:
         _validate.check_params(params)
-        dtype, aux = loss_dtype(loss_fn, params, it, has_aux=has_aux, batched=batched, loss_hparams=loss_hparams)
+        bound = loss_fn if static is None else functools.partial(with_static, loss_fn, static.tree)
+        dtype, aux = loss_dtype(
+            bound,
+            params,
+            it,
+            has_aux=has_aux,
+            batched=batched,
+            loss_hparams=loss_hparams,
+            with_key=with_key,
+            model_state=model_state,
+            stateful=stateful,
+        )
         ev = _validate_eval.resolve_monitor(dataclasses.replace(evaluation, aux=aux_layout(aux)))
-        _validate_eval.metric_shapes(ev, params, it, batched=batched)
+        model = None if static is None else functools.partial(combine, static=static.tree)
+        _validate_eval.metric_shapes(ev, params, it, batched=batched, model_state=model_state, model=model)
         checked = (dtype, ev)
         _CHECKED.put(sig, checked)
     dtype, ev = checked
@@ -84,6 +107,9 @@ def config(
         unroll=unroll_for(params, it.batch_size),
         evaluation=ev,
         loss_hparams=loss_hparams,
+        with_key=bool(with_key),
+        stateful=stateful,
+        static=static,
     )
 
 
@@ -109,20 +135,26 @@ def tol_array(cfg: Config, tol: float | None) -> jax.Array:
 def inputs(
     cfg: Config,
     args: RunArgs,
-    params: PyTree,
+    init: TrainState,
     hparams: Mapping[str, Any],
     loss_hparams: Mapping[str, Any],
     eval_data: PyTree,
     key: jax.Array | None = None,
+    first: int = 0,
 ) -> Inputs:
-    """The traced inputs of a run (``key`` overrides ``args.key``: a sweep's per-member order keys)."""
+    """The traced inputs of a run (``key`` overrides ``args.key``: a sweep's per-member order keys).
+
+    ``init`` is where the run starts (:class:`gdjax._program.Inputs`);
+    ``first`` the epoch it starts at; it trains to ``first + args.epochs``.
+    """
     return Inputs(
         it=args.it,
-        params=params,
+        init=init,
         hparams=hparam_arrays(hparams),
         key=args.key if key is None else key,
         tol=tol_array(cfg, args.tol),
         loss_hparams=hparam_arrays(loss_hparams),
         eval_data=eval_data,
-        epochs=jnp.asarray(args.epochs, jnp.int32),
+        epochs=jnp.asarray(first + args.epochs, jnp.int32),
+        first=jnp.asarray(first, jnp.int32),
     )

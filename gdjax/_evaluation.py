@@ -117,8 +117,17 @@ def evaluate(
     data_sets: tuple[PyTree, ...],
     params: PyTree,
     dtype: Any,
+    model: PyTree = None,
+    metric_keywords: dict[str, Any] | None = None,
 ) -> jax.Array:
-    """One row: per data set, the loss, the metrics and the aux elements, each a masked mean (traced)."""
+    """One row: per data set, the loss, the metrics and the aux elements, each a masked mean (traced).
+
+    ``objective(params, batch)`` is the loss in inference mode; the metrics
+    are called with ``model`` (the whole model, default ``params``) and
+    ``metric_keywords`` (the model state).
+    """
+    model = params if model is None else model
+    keywords = metric_keywords or {}
     values = []
     for data in data_sets:
         n = jax.tree.leaves(data)[0].shape[0]
@@ -127,9 +136,10 @@ def evaluate(
         values.append(jnp.reshape(loss, (1,)).astype(dtype))
         for fn in ev.metric_fns:
             if batched:
-                value = fn(params, batch)
+                value = fn(model, batch, **keywords)
             else:
-                value = masked_mean(jax.vmap(fn, in_axes=(None, 0))(params, data), batch.mask)
+                one = lambda m, x, fn=fn: fn(m, x, **keywords)  # noqa: E731
+                value = masked_mean(jax.vmap(one, in_axes=(None, 0))(model, data), batch.mask)
             values.append(jnp.reshape(value, (1,)).astype(dtype))
         values.append(flatten_aux(aux, dtype))
     return jnp.concatenate(values)
@@ -142,6 +152,7 @@ class Watch(NamedTuple):
       best: the best monitored value so far (+inf or -inf before any).
       best_epoch: the epoch after which it was measured, or -1.
       best_params: the parameters then (only with ``keep_best``; else None).
+      best_model_state: the model state then (with ``keep_best`` and a model state; else None).
       wait: evaluations since the last improvement.
       stopped: patience ran out.
     """
@@ -151,9 +162,10 @@ class Watch(NamedTuple):
     best_params: Any
     wait: Any
     stopped: Any
+    best_model_state: Any = None
 
 
-def start_watch(ev: Evaluation, params: PyTree, dtype: Any) -> Watch:
+def start_watch(ev: Evaluation, params: PyTree, model_state: PyTree, dtype: Any) -> Watch:
     worst = jnp.inf if ev.mode == "min" else -jnp.inf
     return Watch(
         best=jnp.array(worst, dtype),
@@ -161,29 +173,36 @@ def start_watch(ev: Evaluation, params: PyTree, dtype: Any) -> Watch:
         best_params=params if ev.keep_best else None,
         wait=jnp.zeros((), jnp.int32),
         stopped=jnp.array(False),
+        best_model_state=model_state if ev.keep_best else None,
     )
 
 
-def watch(ev: Evaluation, w: Watch, row: jax.Array, params: PyTree, epoch: jax.Array, counts: jax.Array) -> Watch:
+def watch(
+    ev: Evaluation, w: Watch, row: jax.Array, params: PyTree, model_state: PyTree, epoch: jax.Array, counts: jax.Array
+) -> Watch:
     """Update the monitor with an evaluation ``row`` of ``params`` after ``epoch`` epochs (where ``counts``)."""
     value = row[ev.monitor_index]
     better = value < w.best - ev.min_delta if ev.mode == "min" else value > w.best + ev.min_delta
     better = counts & better  # a NaN never improves
     wait = jnp.where(better, 0, w.wait + counts.astype(jnp.int32))
     stopped = w.stopped | (counts & (wait >= ev.patience)) if ev.patience is not None else w.stopped
-    best_params = w.best_params
+    best_params, best_state = w.best_params, w.best_model_state
     if ev.keep_best:
-        best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old), params, w.best_params)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)  # noqa: E731
+        best_params, best_state = keep(params, best_params), keep(model_state, best_state)
     return Watch(
         best=jnp.where(better, value, w.best),
         best_epoch=jnp.where(better, epoch, w.best_epoch),
         best_params=best_params,
         wait=wait,
         stopped=stopped,
+        best_model_state=best_state,
     )
 
 
-def best_of(ev: Evaluation, w: Watch, row: jax.Array, params: PyTree, epoch: jax.Array, counts: jax.Array) -> Watch:
+def best_of(
+    ev: Evaluation, w: Watch, row: jax.Array, params: PyTree, model_state: PyTree, epoch: jax.Array, counts: jax.Array
+) -> Watch:
     """The monitor after a final evaluation: the best may change; patience does not (calling it twice is harmless)."""
-    after = watch(ev, w, row, params, epoch, counts)
+    after = watch(ev, w, row, params, model_state, epoch, counts)
     return after._replace(wait=w.wait, stopped=w.stopped)

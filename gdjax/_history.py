@@ -59,10 +59,14 @@ def window_means(sums: np.ndarray, positions: int, log_every: int) -> np.ndarray
     return sums[..., :count] / sizes
 
 
-def evaluation_epochs(eval_every: int, last_epoch: int) -> tuple[np.ndarray, bool]:
-    """The epochs of the evaluation history, and whether the last one is the final evaluation added at the end."""
-    scheduled = np.arange(eval_every, last_epoch + 1, eval_every, dtype=np.int64) if eval_every else np.zeros(0, int)
-    extra = eval_every != 1 and last_epoch > 0 and (not scheduled.size or scheduled[-1] != last_epoch)
+def evaluation_epochs(eval_every: int, last_epoch: int, first: int = 0) -> tuple[np.ndarray, bool]:
+    """The epochs of the evaluation history, and whether the last one is the final evaluation added at the end.
+
+    ``first`` is the epoch the run started at (that of a run it continues).
+    """
+    start = (first // eval_every + 1) * eval_every if eval_every else 0
+    scheduled = np.arange(start, last_epoch + 1, eval_every, dtype=np.int64) if eval_every else np.zeros(0, int)
+    extra = eval_every != 1 and last_epoch > first and (not scheduled.size or scheduled[-1] != last_epoch)
     return (np.append(scheduled, last_epoch) if extra else scheduled), bool(extra)
 
 
@@ -76,7 +80,11 @@ def histories(cfg: Config, steps_per_epoch: int, run: RunState, *, members: bool
     ev = cfg.evaluation
     num_epochs = np.asarray(host.epoch, np.int64)
     diverged_at = np.asarray(host.diverged_at, np.int64)
-    positions = [stop_position(int(e), int(d), steps_per_epoch) for e, d in zip(num_epochs, diverged_at, strict=True)]
+    first = int(np.max(host.first)) if np.size(host.first) else 0
+    origin = first * steps_per_epoch  # the step positions of this run's history start there
+    positions = [
+        stop_position(int(e), int(d), steps_per_epoch) - origin for e, d in zip(num_epochs, diverged_at, strict=True)
+    ]
     width = ceil_div(max(positions), cfg.log_every) if positions else 0
     count = len(positions)
     losses = np.full((count, width), np.nan, host.loss_sums.dtype)
@@ -85,11 +93,11 @@ def histories(cfg: Config, steps_per_epoch: int, run: RunState, *, members: bool
         means = window_means(np.asarray(host.loss_sums[k]), pos, cfg.log_every)
         losses[k, : len(means)] = means
         aux[k, :, : len(means)] = window_means(np.asarray(host.aux_sums[k]), pos, cfg.log_every)
-    epochs_run = int(num_epochs.max()) if count else 0
+    epochs_run = int(num_epochs.max()) - first if count else 0
     rows = np.moveaxis(np.asarray(host.evals)[:, :, :epochs_run], 1, 2)  # (M, epochs, columns)
     last = np.asarray(host.last)
-    epochs, extra = evaluation_epochs(ev.eval_every, epochs_run)
-    scheduled = rows[:, epochs[: len(epochs) - extra] - 1]
+    epochs, extra = evaluation_epochs(ev.eval_every, first + epochs_run, first)
+    scheduled = rows[:, epochs[: len(epochs) - extra] - first - 1]
     table = np.concatenate([scheduled, last[:, None]], 1) if extra else scheduled
     return Histories(
         losses=losses,

@@ -8,11 +8,12 @@ chunk of epochs should end, and calls it after every chunk with the
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from gdjax import progress
 from gdjax._program import RunState
 from gdjax._runner import Hook, HostHistory, Status
-from gdjax.checkpoint import Checkpointer
+from gdjax.checkpoint import Checkpointer, CheckpointError
 from gdjax.progress import ProgressBar
 
 
@@ -36,10 +37,10 @@ class ProgressHook(Hook):
         return status.epochs_done + max(1, int(progress.MIN_INTERVAL / max(seconds_per_epoch, 1e-9)))
 
     def after(self, run: RunState, history: HostHistory, status: Status) -> None:
-        self.bar.update(status.epochs_done, status.running, status.diverged)
+        self.bar.update(status.epochs_done - status.first, status.running, status.diverged)
 
     def close(self, status: Status) -> None:
-        final = (status.epochs_done, status.running, status.diverged)
+        final = (status.epochs_done - status.first, status.running, status.diverged)
         if self.bar.state != final:  # a resumed run that had already finished ran no chunk to show
             self.bar.update(*final)
         self.bar.close()
@@ -56,8 +57,11 @@ class CheckpointHook(Hook):
         self.ckpt = checkpointer
 
     def start(self, run: RunState, history: HostHistory) -> RunState:
-        restored = self.ckpt.restore(lambda epoch: (run, history.template(run, epoch)))
-        return run if restored is None else history.restore(*restored)
+        found = self.ckpt.restore(lambda epoch, meta: history.template(run, _history_layout(meta)))
+        if found is None:
+            return run
+        (state, drained), meta = found
+        return history.restore(state, drained, _history_layout(meta), run)
 
     def stop_at(self, status: Status, seconds_per_epoch: float | None) -> int | None:
         every = self.ckpt.every
@@ -65,7 +69,15 @@ class CheckpointHook(Hook):
 
     def after(self, run: RunState, history: HostHistory, status: Status) -> None:
         if status.epochs_done % self.ckpt.every == 0 or status.finished:
-            self.ckpt.save((run, history.drained(run)), status.epochs_done)
+            self.ckpt.save((run, history.drained(run)), status.epochs_done, {"history": history.layout()})
+
+
+def _history_layout(meta: dict[str, Any]) -> dict[str, int]:
+    """The history layout a checkpoint recorded (a CheckpointError, so skipped as damaged, where it is not)."""
+    layout = meta.get("history")
+    if not isinstance(layout, dict) or any(type(layout.get(k)) is not int for k in ("base", "capacity", "first")):
+        raise CheckpointError("the checkpoint does not record its history layout (base, capacity, first)")
+    return layout
 
 
 def hooks(bar: ProgressBar | None, checkpointer: Checkpointer | None) -> list[Hook]:

@@ -15,6 +15,7 @@ with a plain sentence instead of a trace:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import traceback
 from collections.abc import Callable, Mapping
@@ -59,6 +60,35 @@ def require_factory(optimizer: Any, name: str = "optimizer_fn") -> None:
             f"{name} must be an optax factory such as optax.sgd or optax.adam (not a built optimizer): "
             f"sweep calls it with each member's learning_rate and hyperparams."
         )
+
+
+#: The keywords a factory may take the run's total number of steps as (for schedules).
+STEP_COUNT_NAMES = ("total_steps", "num_steps")
+
+
+def with_total_steps(optimizer: Any, total: int, given: Any = ()) -> Any:
+    """A factory that takes ``total_steps`` (or ``num_steps``) with the run's total bound; others as they are.
+
+    A name the caller gives in ``given`` (its hyperparameters) is left to them.
+    """
+    if not is_factory(optimizer):
+        return optimizer
+    try:
+        parameters = inspect.signature(optimizer).parameters
+    except (TypeError, ValueError):
+        return optimizer
+    for name in STEP_COUNT_NAMES:
+        p = parameters.get(name)
+        if p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in given:
+            return functools.partial(optimizer, **{name: int(total)})
+    return optimizer
+
+
+def build(optimizer: Any, hyperparams: Mapping[str, Any]) -> optax.GradientTransformation:
+    """The optimizer with these (concrete) values: a factory called, a built one as it is."""
+    if not is_factory(optimizer):
+        return optimizer
+    return optimizer(**{k: float(np.ravel(v)[0]) for k, v in hyperparams.items()})
 
 
 def merge_learning_rate(learning_rate: Any, hyperparams: Any, *, name: str = "learning_rate") -> dict[str, Any]:

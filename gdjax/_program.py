@@ -53,6 +53,7 @@ from jax.sharding import PartitionSpec as P
 from gdjax import _evaluation
 from gdjax._caches import callable_key
 from gdjax._evaluation import Evaluation, Watch
+from gdjax._trainable import Static, combine
 from gdjax._types import HostOrDevice, PyTree, ceil_div
 from gdjax.data import Batch, DataIterator
 from gdjax.step import TrainState, batch_loss, make_step
@@ -70,6 +71,9 @@ HISTORY_BYTES = 32 << 20
 #: regression with D=64 and batch 32 on a 2-core CPU); for large ones unrolling only lengthens compilation.
 SMALL_STEP_WORK = 2**16
 SMALL_STEP_UNROLL = 4
+#: The loss's keys (``with_key``) come from ``fold_in(order key, LOSS_STREAM)``, then the step, then the example;
+#: the data order folds in the epoch number (below 2**31), so the two streams never meet.
+LOSS_STREAM = 2**32 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,9 @@ class Config:
     unroll: int = 1
     evaluation: Evaluation = dataclasses.field(default_factory=Evaluation)
     loss_hparams: tuple[str, ...] = ()
+    with_key: bool = False
+    stateful: bool = False
+    static: Static | None = None  # the leaves of the model that are not trained (None: every leaf is)
 
     @classmethod
     def make(cls, loss_fn: Callable[..., Any], optimizer: Any, **values: Any) -> Config:
@@ -102,26 +109,55 @@ class Config:
         """The optimizer for these (possibly traced) hyperparameters."""
         return self.optimizer(**hparams) if self.factory else self.optimizer
 
+    def model(self, params: PyTree) -> PyTree:
+        """The whole model: the trained ``params`` with the static leaves put back."""
+        return params if self.static is None else combine(params, self.static.tree)
+
     def bind(self, loss_hparams: dict[str, jax.Array]) -> Callable[..., Any]:
-        """The loss with its (possibly traced) keyword values bound."""
-        return functools.partial(self.loss_fn, **loss_hparams) if loss_hparams else self.loss_fn
+        """The loss of the trained params, with its (possibly traced) keyword values bound."""
+        fn = self.loss_fn
+        if self.static is not None:
+            fn = functools.partial(with_static, self.loss_fn, self.static.tree)
+        return functools.partial(fn, **loss_hparams) if loss_hparams else fn
 
     def objective(self, loss_hparams: dict[str, jax.Array]) -> Callable[..., tuple[jax.Array, Any]]:
-        """``f(params, batch) -> (mean loss, aux)`` for these loss values."""
-        return batch_loss(self.bind(loss_hparams), has_aux=self.has_aux, batched=self.batched)
+        """``f(params, batch, key, model_state) -> (mean loss, (aux, new model state))`` for these loss values."""
+        return batch_loss(
+            self.bind(loss_hparams),
+            has_aux=self.has_aux,
+            batched=self.batched,
+            with_key=self.with_key,
+            stateful=self.stateful,
+        )
+
+    def inference(self, loss_hparams: dict[str, jax.Array], model_state: PyTree) -> Callable[..., Any]:
+        """``f(params, batch) -> (mean loss, aux)``: the loss as evaluated (``key=None``, the model state unchanged)."""
+        objective = self.objective(loss_hparams)
+
+        def f(params: PyTree, batch: Batch) -> tuple[jax.Array, Any]:
+            loss, (aux, _) = objective(params, batch, None, model_state)
+            return loss, aux
+
+        return f
 
     @property
     def aux_size(self) -> int:
         return sum(int(np.prod(shape)) for _, shape in self.evaluation.aux)
 
 
+def with_static(loss_fn: Callable[..., Any], static: PyTree, params: PyTree, x: PyTree, **keywords: Any) -> Any:
+    """``loss_fn`` called with the whole model: the trained ``params`` and the ``static`` leaves."""
+    return loss_fn(combine(params, static), x, **keywords)
+
+
 class RunState(NamedTuple):
     """Everything a run carries from one epoch to the next.
 
     Attributes:
-      train: the :class:`gdjax.TrainState`.
-      epoch: epochs completed.
+      train: the :class:`gdjax.TrainState` (the trained leaves of the params).
+      epoch: epochs completed (counted from the run this one continues, if any).
       base: the first epoch the history buffers hold.
+      first: the epoch this run started at (0, or the epoch of the state it continues).
       loss_sums: per window of ``log_every`` step positions from epoch
         ``base`` on, the sum of the step losses (NaN after a divergence).
       aux_sums: ``(aux elements, windows)``, the same for each aux element.
@@ -140,6 +176,7 @@ class RunState(NamedTuple):
     train: TrainState
     epoch: HostOrDevice
     base: HostOrDevice
+    first: HostOrDevice
     loss_sums: HostOrDevice
     aux_sums: HostOrDevice
     evals: HostOrDevice
@@ -179,23 +216,27 @@ class Inputs(NamedTuple):
 
     Attributes:
       it: the training data.
-      params: the initial parameters.
+      init: the :class:`gdjax.TrainState` to start from: the trained
+        params, and the optimizer state and step count of a run it
+        continues (None: a new run), and the model state (or None).
       hparams: the optimizer factory's values.
-      key: the order key.
+      key: the order key (the loss's keys are derived from it).
       tol: the convergence threshold (-inf: none).
       loss_hparams: the loss's keyword values.
       eval_data: the evaluation data set (a pytree of arrays), or None.
-      epochs: the epochs asked for (the run evaluates once more when it finishes).
+      epochs: the epoch to train to (the run evaluates once more when it finishes).
+      first: the epoch the run starts at (0, or that of the state it continues).
     """
 
     it: DataIterator
-    params: PyTree
+    init: TrainState
     hparams: dict[str, jax.Array]
     key: jax.Array
     tol: jax.Array
     loss_hparams: dict[str, jax.Array]
     eval_data: PyTree
     epochs: jax.Array
+    first: jax.Array
 
 
 class _Member(NamedTuple):
@@ -237,17 +278,22 @@ def windows(epoch_capacity: int, steps_per_epoch: int, log_every: int) -> int:
     return ceil_div(epoch_capacity * steps_per_epoch, log_every) + (log_every > 1)
 
 
-def full_loss(cfg: Config, it: DataIterator, params: PyTree, loss_hparams: dict[str, jax.Array]) -> jax.Array:
-    """Mean loss over every example of the data set."""
+def full_loss(cfg: Config, it: DataIterator, train: TrainState, loss_hparams: dict[str, jax.Array]) -> jax.Array:
+    """Mean loss over every example of the data set (as evaluated: no key, the model state unchanged)."""
     mask = jnp.ones((it.num_examples,), bool)
-    return cfg.objective(loss_hparams)(params, Batch(it.data, mask))[0].astype(cfg.loss_dtype)
+    objective = cfg.inference(loss_hparams, train.model_state)
+    return objective(train.params, Batch(it.data, mask))[0].astype(cfg.loss_dtype)
 
 
-def _row(cfg: Config, it: DataIterator, eval_data: PyTree, params: PyTree, member: _Member) -> jax.Array:
-    """The evaluation row of ``params`` (see :func:`gdjax._evaluation.evaluate`)."""
+def _row(cfg: Config, it: DataIterator, eval_data: PyTree, train: TrainState, member: _Member) -> jax.Array:
+    """The evaluation row of ``train``'s params and model state (see :func:`gdjax._evaluation.evaluate`)."""
     sets = (it.data,) if eval_data is None else (it.data, eval_data)
-    objective = cfg.objective(member.loss_hparams)
-    return _evaluation.evaluate(cfg.evaluation, objective, cfg.batched, sets, params, cfg.loss_dtype)
+    objective = cfg.inference(member.loss_hparams, train.model_state)
+    keywords = {"model_state": train.model_state} if cfg.stateful else {}
+    model = cfg.model(train.params)
+    return _evaluation.evaluate(
+        cfg.evaluation, objective, cfg.batched, sets, train.params, cfg.loss_dtype, model, keywords
+    )
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -255,16 +301,20 @@ def _all_finite(tree: PyTree) -> jax.Array:
     return functools.reduce(jnp.logical_and, leaves, jnp.array(True))
 
 
-def start(cfg: Config, it: DataIterator, params: PyTree, member: _Member) -> RunState:
-    """The state of one run before its first epoch."""
+def start(cfg: Config, it: DataIterator, init: TrainState, member: _Member, first: jax.Array) -> RunState:
+    """The state of one run before its first epoch (a new run, or one continuing ``init`` from epoch ``first``)."""
     dtype, width = cfg.loss_dtype, cfg.evaluation.width
-    initial = full_loss(cfg, it, params, member.loss_hparams)
-    zero = jnp.zeros((), jnp.int32)
+    params = init.params
+    opt_state = cfg.build(member.hparams).init(params) if init.opt_state is None else init.opt_state
+    step = jnp.zeros((), jnp.int32) if init.step is None else jnp.asarray(init.step, jnp.int32)
+    train = TrainState(params, opt_state, step, init.model_state)
+    initial = full_loss(cfg, it, train, member.loss_hparams)
     count = windows(cfg.epoch_capacity, it.num_batches, cfg.log_every)
     return RunState(
-        train=TrainState(params, cfg.build(member.hparams).init(params), zero),
-        epoch=zero,
-        base=zero,
+        train=train,
+        epoch=first,
+        base=first,
+        first=first,
         loss_sums=jnp.zeros((count,), dtype),
         aux_sums=jnp.zeros((cfg.aux_size, count), dtype),
         evals=jnp.full((width, cfg.epoch_capacity), jnp.nan, dtype),
@@ -273,19 +323,27 @@ def start(cfg: Config, it: DataIterator, params: PyTree, member: _Member) -> Run
         converged=jnp.array(False),
         diverged=jnp.array(False),
         diverged_at=jnp.array(-1, jnp.int32),
-        watch=_evaluation.start_watch(cfg.evaluation, params, dtype),
+        watch=_evaluation.start_watch(cfg.evaluation, params, init.model_state, dtype),
     )
 
 
-def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, idx, mask, pos) -> tuple:
+def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos) -> tuple:
     """The epoch's scan over its batches, with the per-step divergence fallback."""
-    step = make_step(cfg.bind(member.loss_hparams), cfg.build(member.hparams), has_aux=cfg.has_aux, batched=cfg.batched)
+    step = make_step(
+        cfg.bind(member.loss_hparams),
+        cfg.build(member.hparams),
+        has_aux=cfg.has_aux,
+        batched=cfg.batched,
+        with_key=cfg.with_key,
+        stateful=cfg.stateful,
+    )
+    loss_key = jax.random.fold_in(key, LOSS_STREAM) if cfg.with_key else None
     nan = jnp.array(jnp.nan, cfg.loss_dtype)
 
     def one_step(carry, xs):
         state, last_good, diverged, diverged_at = carry
         b_idx, b_mask, b_pos = xs
-        new, metrics = step(state, it.gather(b_idx, b_mask))
+        new, metrics = step(state, it.gather(b_idx, b_mask), loss_key)
         loss = metrics["loss"].astype(cfg.loss_dtype)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
         # The loss of ``state`` on this batch vouches for ``state``: keep it as the fallback and move on;
@@ -309,28 +367,30 @@ def _log(cfg: Config, run: RunState, losses: jax.Array, aux: jax.Array, epoch, p
             jax.lax.dynamic_update_slice(run.loss_sums, losses, (at,)),
             jax.lax.dynamic_update_slice(run.aux_sums, aux.T, (jnp.zeros_like(at), at)),
         )
-    window = pos // cfg.log_every - run.base * steps // cfg.log_every
+    window = (pos - run.first * steps) // cfg.log_every - (run.base - run.first) * steps // cfg.log_every
     return run.loss_sums.at[window].add(losses), run.aux_sums.at[:, window].add(aux.T)
 
 
-def _epoch(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member, idx, mask, epoch) -> RunState:
+def _epoch(
+    cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member, key, idx, mask, epoch
+) -> RunState:
     """One epoch of one run over the given batch indices; a no-op for a stopped run."""
     steps, ev = it.num_batches, cfg.evaluation
     pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
-    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, idx, mask, pos)
+    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos)
     sums, aux_sums = _log(cfg, run, losses, aux, epoch, pos, steps)
     done = epoch + 1
     nan_row = jnp.full((ev.width,), jnp.nan, cfg.loss_dtype)
-    evaluate = lambda params: _row(cfg, it, shared.eval_data, params, member)  # noqa: E731
+    evaluate = lambda train: _row(cfg, it, shared.eval_data, train, member)  # noqa: E731
     # An evaluation is decided by the shared epoch counter, so under a sweep's vmap the cond stays a cond
     # and epochs without one skip it for every member.
     if ev.eval_every == 0:
         evaluated, row = jnp.array(False), nan_row
     elif ev.eval_every == 1:
-        evaluated, row = jnp.array(True), evaluate(state.params)
+        evaluated, row = jnp.array(True), evaluate(state)
     else:
         evaluated = done % ev.eval_every == 0
-        row = jax.lax.cond(evaluated, evaluate, lambda _: nan_row, state.params)
+        row = jax.lax.cond(evaluated, evaluate, lambda _: nan_row, state)
     # Every parameter is checked once an epoch (one the loss does not use can go non-finite unseen), and the
     # full-data loss at an evaluation; failing that, the run returns to the start of the epoch.
     bad = ~_all_finite(state.params) | (evaluated & ~jnp.isfinite(row[0]))
@@ -347,15 +407,18 @@ def _epoch(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member:
         converged=counts & (row[0] <= shared.tol),
         diverged=diverged | bad,
         diverged_at=jnp.where(bad & ~diverged, pos[-1], diverged_at),
-        watch=_evaluation.watch(ev, run.watch, row, state.params, done, counts),
+        watch=_evaluation.watch(ev, run.watch, row, state.params, state.model_state, done, counts),
     )
     return jax.tree.map(lambda a, b: jnp.where(active(run), a, b), new, run)
 
 
 def _final(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member) -> RunState:
     """Evaluate the final parameters: ``last`` becomes their row, and they may be the monitor's best."""
-    row = _row(cfg, it, shared.eval_data, run.train.params, member)
-    best = _evaluation.best_of(cfg.evaluation, run.watch, row, run.train.params, run.epoch, ~run.diverged)
+    row = _row(cfg, it, shared.eval_data, run.train, member)
+    train = run.train
+    best = _evaluation.best_of(
+        cfg.evaluation, run.watch, row, train.params, train.model_state, run.epoch, ~run.diverged
+    )
     return run._replace(last=row, watch=best)
 
 
@@ -384,14 +447,14 @@ def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> R
     orders = it.epoch_indices
     if layout.members:
         ax = 0 if layout.keys_batched else None
-        one = jax.vmap(one, in_axes=(0, 0, ax, ax, None))
+        one = jax.vmap(one, in_axes=(0, 0, ax, ax, ax, None))
         final = jax.vmap(final)
         orders = jax.vmap(it.epoch_indices, (0, None)) if layout.keys_batched else orders
 
     def body(carry: tuple[jax.Array, RunState]) -> tuple[jax.Array, RunState]:
         epoch, run = carry
         idx, mask = orders(inputs.key, epoch)
-        return epoch + 1, one(run, _member(inputs), idx, mask, epoch)
+        return epoch + 1, one(run, _member(inputs), inputs.key, idx, mask, epoch)
 
     def going(carry: tuple[jax.Array, RunState]) -> jax.Array:
         epoch, run = carry
@@ -411,13 +474,13 @@ def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> R
 def _start(layout: Layout, inputs: Inputs) -> RunState:
     one = functools.partial(start, layout.cfg, inputs.it)
     if layout.members:
-        one = jax.vmap(one, in_axes=(0 if layout.params_batched else None, 0))
-    return one(inputs.params, _member(inputs))
+        one = jax.vmap(one, in_axes=(0 if layout.params_batched else None, 0, None))
+    return one(inputs.init, _member(inputs), inputs.first)
 
 
 def _input_specs(layout: Layout) -> Inputs:
     split = lambda batched: P(AXIS) if batched else P()  # noqa: E731
-    specs: Any = (P(), split(layout.params_batched), P(AXIS), split(layout.keys_batched), P(), P(AXIS), P(), P())
+    specs: Any = (P(), split(layout.params_batched), P(AXIS), split(layout.keys_batched), P(), P(AXIS), P(), P(), P())
     return Inputs(*specs)  # the same structure, holding a PartitionSpec per input
 
 

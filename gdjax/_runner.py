@@ -37,6 +37,7 @@ from gdjax._program import (
     start_program,
     train_program,
 )
+from gdjax._program import windows as _windows
 from gdjax._types import PyTree
 
 
@@ -49,6 +50,7 @@ class Status(NamedTuple):
       running: real members still training (padding excluded).
       diverged: real members that diverged.
       members: real members (1 for a fit).
+      first: the epoch the run started at (0, or that of the run it continues).
     """
 
     epochs_done: int
@@ -56,6 +58,7 @@ class Status(NamedTuple):
     running: int
     diverged: int
     members: int
+    first: int = 0
 
     @property
     def finished(self) -> bool:
@@ -122,23 +125,31 @@ class Outcome(NamedTuple):
     resumed_from: int
 
 
-def run(layout: Layout, inputs: Inputs, epochs: int, *, members: int = 1, hooks: Sequence[Hook] = ()) -> Outcome:
-    """Compile (once), start and train one layout's runs to ``epochs`` epochs.
+def run(
+    layout: Layout, inputs: Inputs, epochs: int, *, first: int = 0, members: int = 1, hooks: Sequence[Hook] = ()
+) -> Outcome:
+    """Compile (once), start and train one layout's runs to epoch ``epochs``.
 
     Args:
       layout: how the runs are laid out (one, or a member axis on a mesh).
       inputs: the traced inputs, already placed on the devices.
-      epochs: epochs to train (at most: runs stop on ``tol`` or divergence).
+      epochs: the epoch to train to (at most: runs stop on ``tol`` or divergence).
+      first: the epoch the runs start at (that of the state they continue).
       members: real members (a padded sweep chunk has more rows).
       hooks: called around the run (progress, checkpoints).
     """
-    history = HostHistory(layout.cfg.epoch_capacity, inputs.it.num_batches, layout.cfg.log_every)
+    history = HostHistory(layout.cfg.epoch_capacity, inputs.it.num_batches, layout.cfg.log_every, first)
     start, compile_time = compiled(start_program, layout, inputs)
     t0 = time.perf_counter()
     state = jax.block_until_ready(start.program(inputs))
     for hook in hooks:
         state = hook.start(state, history)
-    resumed = int(np.max(jax.device_get(state.epoch))) if hooks else 0  # only a hook can restore
+    resumed = int(np.max(jax.device_get(state.epoch))) if hooks else first  # only a hook can restore
+    if resumed > epochs:
+        raise ValueError(
+            f"the checkpoint holds this run at epoch {resumed}, past the {epochs} asked for: pass epochs={resumed} "
+            f"or more to go on from it (only epochs may differ), or use another folder."
+        )
     start_time = time.perf_counter() - t0
     bound = _scalar(layout, epochs)
     train, seconds = compiled(train_program, layout, inputs, state, bound)
@@ -158,7 +169,8 @@ def _drive(
     hooks: Sequence[Hook],
 ) -> RunState:
     """Call the training program chunk by chunk until the run has finished."""
-    status = _status(state, epochs, members) if hooks else Status(0, epochs, members, 0, members)
+    first = history.first
+    status = _status(state, epochs, members, first) if hooks else Status(first, epochs, members, 0, members, first)
     while not status.finished:
         wishes = [hook.stop_at(status, train.seconds_per_epoch) for hook in hooks]
         target = min([epochs, history.limit(), *(w for w in wishes if w is not None)])
@@ -168,7 +180,7 @@ def _drive(
         if not hooks and target == epochs < history.limit():
             return state  # one call did it all: no status to compute
         ran = -status.epochs_done
-        status = _status(state, epochs, members)
+        status = _status(state, epochs, members, first)
         ran += status.epochs_done
         if status.epochs_done == history.limit():
             state = history.drain(state)
@@ -181,11 +193,11 @@ def _drive(
     return state
 
 
-def _status(state: RunState, epochs: int, members: int) -> Status:
+def _status(state: RunState, epochs: int, members: int, first: int) -> Status:
     epoch, running, diverged = jax.device_get((state.epoch, active(state), state.diverged))
     real = slice(0, members)  # padding copies of a member are not counted
     running, diverged = np.atleast_1d(running)[real], np.atleast_1d(diverged)[real]
-    return Status(int(np.max(epoch)), epochs, int(running.sum()), int(diverged.sum()), members)
+    return Status(int(np.max(epoch)), epochs, int(running.sum()), int(diverged.sum()), members, first)
 
 
 def _scalar(layout: Layout, value: int) -> jax.Array:
@@ -202,40 +214,48 @@ class HostHistory:
     the history from epoch ``base`` on; when the run reaches ``base +
     capacity`` epochs, :meth:`drain` copies them here and empties them, so
     the program's memory stays bounded whatever ``epochs`` is, and the host
-    holds only the epochs that ran.
+    holds only the epochs that ran. Windows are counted from the epoch the
+    run started at (``first``).
     """
 
-    def __init__(self, capacity: int, steps_per_epoch: int, log_every: int) -> None:
+    def __init__(self, capacity: int, steps_per_epoch: int, log_every: int, first: int = 0) -> None:
         self.capacity, self.steps, self.log_every = capacity, steps_per_epoch, log_every
         self.parts: dict[str, list[np.ndarray]] = {name: [] for name in WINDOW_FIELDS + EPOCH_FIELDS}
-        self.base = 0
+        self.base = self.first = first
 
     def limit(self) -> int:
         """The epoch at which the program's history buffers are full."""
         return self.base + self.capacity
 
     def _window(self, epoch: int) -> int:
-        return epoch * self.steps // self.log_every
+        return (epoch - self.first) * self.steps // self.log_every
 
-    def drain(self, state: RunState) -> RunState:
-        """Move the full segment's history to the host; the window a segment ends inside is carried on."""
-        epoch = self.limit()
+    def drain(self, state: RunState, epoch: int | None = None, like: RunState | None = None) -> RunState:
+        """Move the history up to ``epoch`` (default: the full segment's) to the host.
+
+        The window a segment ends inside is carried on. ``like`` gives the
+        buffers' new shapes and placement (a program of another capacity);
+        by default they keep theirs.
+        """
+        epoch = self.limit() if epoch is None else epoch
+        like = state if like is None else like
         done = self._window(epoch) - self._window(self.base)
-        put = lambda new, old: jax.device_put(new, old.sharding)  # noqa: E731
+        put = lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new  # noqa: E731
         fresh: dict[str, Any] = {}
         for name in WINDOW_FIELDS:
             sums = np.asarray(getattr(state, name))
             self.parts[name].append(sums[..., :done])
-            empty = np.zeros_like(sums)
+            empty = np.zeros(np.shape(getattr(like, name)), sums.dtype)
             if done < sums.shape[-1]:
                 empty[..., 0] = sums[..., done]  # the window the segment ended inside (0 if none)
-            fresh[name] = put(empty, getattr(state, name))
+            fresh[name] = put(empty, getattr(like, name))
         for name in EPOCH_FIELDS:
             values = np.asarray(getattr(state, name))
-            self.parts[name].append(values)
-            fresh[name] = put(np.full_like(values, np.nan), getattr(state, name))
+            self.parts[name].append(values[..., : epoch - self.base])
+            fresh[name] = put(np.full(np.shape(getattr(like, name)), np.nan, values.dtype), getattr(like, name))
         self.base = epoch
-        return state._replace(base=put(np.full_like(np.asarray(state.base), epoch), state.base), **fresh)
+        self.capacity = np.shape(getattr(like, EPOCH_FIELDS[0]))[-1]
+        return state._replace(base=put(np.full_like(np.asarray(state.base), epoch), like.base), **fresh)
 
     def drained(self, state: RunState) -> dict[str, np.ndarray]:
         """The history on the host so far, one array per buffer (what a checkpoint stores beside the run)."""
@@ -245,22 +265,38 @@ class HostHistory:
             out[name] = np.concatenate(parts, -1) if parts else np.zeros((*np.shape(like)[:-1], 0), like.dtype)
         return out
 
-    def template(self, state: RunState, epoch: int) -> dict[str, jax.ShapeDtypeStruct]:
-        """The shapes :meth:`drained` had when a checkpoint of ``epoch`` epochs was saved."""
-        base = epoch // self.capacity * self.capacity
-        out = {}
+    def layout(self) -> dict[str, int]:
+        """What a checkpoint records to read its history back: the segment's base, the capacity, the first epoch."""
+        return {"base": self.base, "capacity": self.capacity, "first": self.first}
+
+    def template(self, state: RunState, saved: dict[str, int]) -> tuple[RunState, dict[str, jax.ShapeDtypeStruct]]:
+        """The shapes of the run and the drained history a checkpoint with history layout ``saved`` holds."""
+        windows = lambda cap: _windows(cap, self.steps, self.log_every)  # noqa: E731
+        first, base, cap = saved["first"], saved["base"], saved["capacity"]
+        run: dict[str, Any] = {}
+        drained = {}
         for name in self.parts:
             like = getattr(state, name)
-            width = self._window(base) if name in WINDOW_FIELDS else base
-            out[name] = jax.ShapeDtypeStruct((*np.shape(like)[:-1], width), like.dtype)
-        return out
+            shape = np.shape(like)[:-1]
+            width = windows(cap) if name in WINDOW_FIELDS else cap
+            run[name] = jax.ShapeDtypeStruct((*shape, width), like.dtype, sharding=getattr(like, "sharding", None))
+            done = (base - first) * self.steps // self.log_every if name in WINDOW_FIELDS else base - first
+            drained[name] = jax.ShapeDtypeStruct((*shape, done), like.dtype)
+        return state._replace(**run), drained
 
-    def restore(self, state: RunState, drained: dict[str, Any]) -> RunState:
-        """Take back the host history saved with a checkpoint; returns the run."""
+    def restore(self, state: RunState, drained: dict[str, Any], saved: dict[str, int], like: RunState) -> RunState:
+        """Take back the run and host history saved with a checkpoint (history layout ``saved``).
+
+        A checkpoint of a program with another capacity (another ``epochs``)
+        has its buffers moved to the host, and the run gets buffers shaped
+        like ``like``'s.
+        """
         epochs = np.shape(drained[EPOCH_FIELDS[0]])[-1]
         self.parts = {name: [np.asarray(drained[name])] if epochs else [] for name in self.parts}
-        self.base = int(np.max(np.asarray(state.base)))
-        return state
+        self.first, self.base, self.capacity = saved["first"], saved["base"], saved["capacity"]
+        if np.shape(getattr(state, EPOCH_FIELDS[0])) == np.shape(getattr(like, EPOCH_FIELDS[0])):
+            return state
+        return self.drain(state, int(np.max(np.asarray(state.epoch))), like)
 
     def join(self, state: RunState) -> RunState:
         """The run with its whole history (host segments, then the program's buffers) as numpy arrays."""

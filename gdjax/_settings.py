@@ -19,6 +19,7 @@ import numpy as np
 from gdjax import _validate
 from gdjax._optimizer import is_factory
 from gdjax._types import x64_enabled
+from gdjax._validate_model import Start
 from gdjax.checkpoint import Checkpointer, digest, function_digest
 from gdjax.data import DataIterator
 
@@ -34,7 +35,6 @@ def checkpointer(
     checkpoint: Any,
     checkpoint_every: Any,
     *,
-    optimizer: Any,
     settings: Callable[[], dict[str, Any]],
     prefix: str = "",
 ) -> Checkpointer | None:
@@ -55,11 +55,6 @@ def checkpointer(
     if not os.fspath(checkpoint):
         raise ValueError("checkpoint is empty; give a folder path (checkpoint='runs/ckpt'), not ''.")
     every = 1 if checkpoint_every is None else _validate.check_positive_int(checkpoint_every, "checkpoint_every")
-    if not is_factory(optimizer):
-        raise ValueError(
-            "checkpoint= needs the optimizer as a factory with its values (optimizer=optax.sgd, "
-            "learning_rate=0.1), so that the checkpoint can record them; a built optimizer hides them."
-        )
     return Checkpointer(checkpoint, {**settings(), "x64": x64_enabled()}, every=every, prefix=prefix)
 
 
@@ -75,13 +70,41 @@ def params_settings(params: Any) -> dict[str, Any]:
     return {"shapes": str(shapes), "digest": digest(params)}
 
 
-def run_settings(kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator, key: jax.Array, **values: Any) -> dict:
-    """The JSON-able description of a run that a checkpoint must match to be resumed."""
+def start_settings(start: Start) -> dict[str, Any]:
+    """What a run starts from, as checkpoint settings: the trained params, the static leaves, the model state,
+    and for a continued run its optimizer state and first epoch."""
+    out = params_settings(start.init.params)
+    if start.static is not None:
+        out["static"] = start.static.describe()
+    if start.init.model_state is not None:
+        out["model_state"] = params_settings(start.init.model_state)
+    if start.continuing:
+        out["opt_state"] = params_settings(start.init.opt_state)
+        out["first_epoch"] = start.first
+    return out
+
+
+def optimizer_settings(optimizer: Any, params: Any) -> Any:
+    """A factory by name; a built optimizer by its state's structure, shapes and dtypes (its values are hidden)."""
+    if is_factory(optimizer):
+        return describe(optimizer)
+    shapes = jax.eval_shape(optimizer.init, params)
+    return {
+        "built": describe(optimizer.init),
+        "state": str(jax.tree.map(lambda x: f"{x.dtype}{list(x.shape)}", shapes)),
+        "values": "not recorded: a built optimizer hides its values (pass the factory to record them)",
+    }
+
+
+def run_settings(
+    kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator, key: jax.Array, trained: Any, **values: Any
+) -> dict:
+    """The JSON-able description of a run that a checkpoint must match to be resumed (``trained``: the trained leaves)."""
     return {
         "kind": kind,
         "loss_fn": describe(loss_fn),
         "loss_fn_digest": function_digest(loss_fn),  # a closure of the same name over other values differs
-        "optimizer": describe(optimizer),
+        "optimizer": optimizer_settings(optimizer, trained),
         "data": data_settings(it),
         "key": digest(key),
         **values,

@@ -193,14 +193,15 @@ def check_loss_fn(loss_fn: Any) -> Callable[..., Any]:
     return loss_fn
 
 
-def check_steps(epochs: int, steps_per_epoch: int) -> None:
-    """Refuse runs whose step count would overflow the int32 step counter."""
+def check_steps(epochs: int, steps_per_epoch: int) -> int:
+    """The run's total step count; runs whose count would overflow the int32 step counter are refused."""
     if epochs * steps_per_epoch > MAX_STEPS:
         raise ValueError(
             f"epochs={epochs} with {steps_per_epoch} steps per epoch is {epochs * steps_per_epoch} steps, more than "
             f"the {MAX_STEPS} (2**31 - 1) a run can count. Use at most {MAX_STEPS // steps_per_epoch} epochs, or a "
             f"larger batch size."
         )
+    return epochs * steps_per_epoch
 
 
 class RunArgs(NamedTuple):

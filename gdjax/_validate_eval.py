@@ -142,18 +142,28 @@ def resolve_monitor(ev: Evaluation) -> Evaluation:
     return dataclasses.replace(ev, mode=mode)
 
 
-def metric_shapes(ev: Evaluation, params: PyTree, it: DataIterator, *, batched: bool) -> None:
-    """Check each metric on one batch's shapes: it must return a real scalar (per example, or per batch)."""
+def metric_shapes(
+    ev: Evaluation, params: PyTree, it: DataIterator, *, batched: bool, model_state: PyTree = None, model: Any = None
+) -> None:
+    """Check each metric on one batch's shapes: it must return a real scalar (per example, or per batch).
+
+    ``params`` are the trained leaves and ``model(params)`` the whole model
+    the metrics are given; with a ``model_state`` they take it as a keyword too.
+    """
+    model = model or (lambda p: p)
     example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
+    keywords = {} if model_state is None else {"model_state": model_state}
     for name, fn in zip(ev.metric_names, ev.metric_fns, strict=True):
-        form = "fn(params, batch)" if batched else "fn(params, example)"
+        form = "fn(params, batch" if batched else "fn(params, example"
+        form += ", model_state=...)" if keywords else ")"
+        call = lambda p, x, fn=fn: fn(model(p), x, **keywords)  # noqa: E731
         try:
             if batched:
                 batch = Batch(example, jax.ShapeDtypeStruct((it.batch_size,), bool))  # type: ignore[arg-type]
-                out = jax.eval_shape(fn, params, batch)
+                out = jax.eval_shape(call, params, batch)
                 shape = out.shape
             else:
-                out = jax.eval_shape(jax.vmap(fn, in_axes=(None, 0)), params, example)
+                out = jax.eval_shape(jax.vmap(call, in_axes=(None, 0)), params, example)
                 shape = out.shape[1:]
         except Exception as exc:
             raise TypeError(

@@ -29,29 +29,39 @@ def loss_dtype(
     has_aux: bool,
     batched: bool,
     loss_hparams: tuple[str, ...] = (),
+    with_key: bool = False,
+    model_state: PyTree = None,
+    stateful: bool = False,
 ) -> tuple[Any, Any]:
     """Check the loss on one batch with ``eval_shape``; return its dtype and the shapes of its aux (batch means).
 
-    ``loss_hparams`` are the keywords the loss is called with (given float values here).
+    ``loss_hparams`` are the keywords the loss is called with (given float
+    values here); with ``with_key`` it gets a key, with ``stateful`` the
+    ``model_state`` (shapes are enough), and must return a new one like it.
     """
     has_aux, batched = check_flag(has_aux, "has_aux"), check_flag(batched, "batched")
     values = dict.fromkeys(loss_hparams, jax.ShapeDtypeStruct((), jnp.result_type(float)))
+    key = jax.random.key(0) if with_key else None
 
     def objective(batched: bool) -> Callable[..., Any]:
-        def f(params: PyTree, batch: Batch, values: dict[str, Any]) -> Any:
+        def f(params: PyTree, batch: Batch, values: dict[str, Any], key: Any, model_state: Any) -> Any:
             bound = functools.partial(loss_fn, **values) if values else loss_fn
-            return batch_loss(bound, has_aux=has_aux, batched=batched)(params, batch)
+            fn = batch_loss(bound, has_aux=has_aux, batched=batched, with_key=with_key, stateful=stateful)
+            loss, (aux, _) = fn(params, batch, key, model_state)
+            return loss, aux
 
         return f
 
     example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((it.batch_size, *x.shape[1:]), x.dtype), it.data)
     batch = Batch(example, jax.ShapeDtypeStruct((it.batch_size,), bool))  # type: ignore[arg-type]  # shapes only
     try:
-        out = jax.eval_shape(objective(batched), params, batch, values)
+        out = jax.eval_shape(objective(batched), params, batch, values, key, model_state)
     except Exception as exc:
+        if isinstance(exc, TypeError) and "new model state" in str(exc):
+            raise  # the form is right, what it returns is not: the message says what to fix
         # does the other form work? then the flag is what is wrong
         try:
-            jax.eval_shape(objective(not batched), params, batch, values)
+            jax.eval_shape(objective(not batched), params, batch, values, key, model_state)
             other = True
         except Exception:
             other = False

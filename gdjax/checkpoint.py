@@ -227,16 +227,16 @@ class Checkpointer:
                 f"{'; ...' if len(diffs) > 4 else ''}). Use another folder, or delete it to start again."
             )
 
-    def restore(self, like: PyTree | Callable[[int], PyTree]) -> PyTree | None:
-        """The newest readable checkpoint in the structure of ``like``, or None if there is none.
+    def restore(self, like: PyTree | Callable[[int, dict[str, Any]], PyTree]) -> tuple[PyTree, dict] | None:
+        """The newest readable checkpoint in the structure of ``like`` and its metadata, or None if there is none.
 
-        ``like`` may be a function of the checkpoint's epoch that returns the
-        structure (a run's saved history grows with its epochs).
+        ``like`` may be a function of the checkpoint's epoch and metadata that
+        returns the structure (a run's saved history grows with its epochs).
         """
         for epoch, path in reversed(self._files()):
             try:  # the name's epoch must be the one inside, or the expected structure is another's
-                self._run_metadata(path, epoch, read_metadata(path))
-                tree, meta = restore(path, like(epoch) if callable(like) else like)
+                found = self._run_metadata(path, epoch, read_metadata(path))
+                tree, meta = restore(path, like(epoch, found) if callable(like) else like)
             except CheckpointMismatchError as exc:
                 raise ValueError(
                     f"{exc} The run's parameters or settings changed in a way the recorded settings do not show "
@@ -246,7 +246,7 @@ class Checkpointer:
                 self._set_aside(path, exc)  # a damaged file (not written by save): fall back to the one before
                 continue
             self._check(path, meta)
-            return tree
+            return tree, meta
         return None
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
@@ -269,7 +269,7 @@ class Checkpointer:
             stacklevel=3,
         )
 
-    def save(self, tree: PyTree, epoch: int) -> Path | None:
+    def save(self, tree: PyTree, epoch: int, extra: dict[str, Any] | None = None) -> Path | None:
         """Write the checkpoint of ``epoch`` and drop all but the newest ``keep``; returns its path.
 
         Where something that is not a regular file (a folder, a FIFO) has the
@@ -286,7 +286,7 @@ class Checkpointer:
                 stacklevel=2,
             )
             return None
-        save(path, tree, {"settings": self.settings, "epoch": epoch, "environment": environment()})
+        save(path, tree, {"settings": self.settings, "epoch": epoch, "environment": environment(), **(extra or {})})
         for _, old in self._files()[: -self.keep]:
             with contextlib.suppress(OSError):  # clean-up only: a file that cannot go stays
                 old.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import optax
 
-from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate, _validate_eval
+from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate, _validate_eval, _validate_model
 from gdjax._program import Layout
 from gdjax._types import PyTree
 from gdjax.checkpoint import holding
@@ -60,17 +60,30 @@ def fit(
     min_delta: float = 0.0,
     keep_best: bool = False,
     loss_hyperparams: Mapping[str, float] | None = None,
+    with_key: bool = False,
+    model_state: PyTree = None,
 ) -> FitResult:
     """Train ``params`` for ``epochs`` epochs in one compiled program.
 
     Args:
       loss_fn: ``loss_fn(params, example) -> scalar``, the loss of one
         example; averaged over each batch with the batch mask.
-      params: initial parameters, any pytree of float arrays.
+      params: initial parameters: any pytree, an Equinox module included.
+        Its float arrays are trained and every other leaf (functions,
+        integers, integer arrays) is held static; the loss, the metrics and
+        the results see the whole model. Or a finished run's ``res.state``
+        (a :class:`gdjax.TrainState`): the run continues it, with its
+        optimizer state, step count and model state, numbering epochs on
+        from its step count, so ``fit(5 epochs)`` then ``fit(res.state, 5
+        more)`` gives the bits of ``fit(10 epochs)`` (``epochs`` counts the
+        epochs to add; the monitor of early stopping starts afresh).
       optimizer: an optax ``GradientTransformation`` (``optax.adam(1e-3)``),
         or a factory (``optax.adam``) whose values come from
         ``learning_rate`` and ``hyperparams``. The factory form traces those
-        values, so calling ``fit`` again with others does not recompile.
+        values, so calling ``fit`` again with others does not recompile. A
+        factory with a ``total_steps`` (or ``num_steps``) parameter is given
+        the run's total number of steps (epochs times steps per epoch, from
+        step 0), for schedules.
       data: a :class:`gdjax.DataIterator`.
       epochs: passes over the data (at most, with ``tol``).
       key: PRNG key for the data order (``jax.random.key(0)``).
@@ -92,8 +105,10 @@ def fit(
         files are skipped for the one before); a folder holding another
         configuration (or loss function) is refused, and one run at a time
         holds a folder (a lock, see :class:`gdjax.checkpoint.FolderLock`).
-        Needs the factory form of ``optimizer`` (its values are part of the
-        configuration).
+        Only ``epochs`` may differ: a larger value extends the run. With a
+        built optimizer the checkpoint records its state's structure,
+        shapes and dtypes, not its values.
+        :func:`gdjax.checkpoint.load` reads a folder without training code.
       checkpoint_every: save every this many epochs (default 1), and at the end.
       eval_data: held-out data (a pytree of arrays shaped like the training
         data, or a :class:`gdjax.DataIterator`) evaluated with the training
@@ -120,6 +135,17 @@ def fit(
       loss_hyperparams: name -> number passed to the loss as keywords,
         ``loss_fn(params, example, **loss_hyperparams)``; traced, so other
         values reuse the compiled program.
+      with_key: pass the loss ``key=``, a PRNG key per step (per example for
+        a per-example loss) for dropout and other noise:
+        ``fold_in(fold_in(fold_in(key, 2**32 - 1), step), position in the
+        batch)``, so a run is reproducible and resumes exactly. At
+        evaluation (the full-data loss, ``eval_data``) the key is None.
+      model_state: the loss's initial model state (batch-norm statistics):
+        the loss takes ``model_state=`` and returns ``(loss,
+        new_model_state)`` (with ``has_aux``: ``(loss, (new_model_state,
+        aux))``). The state is carried from step to step, not trained;
+        evaluations and metrics (``fn(params, x, model_state=...)``) get
+        it unchanged. ``res.state.model_state`` holds the final one.
 
     Returns:
       A :class:`FitResult`.
@@ -138,9 +164,14 @@ def fit(
       (160, True)
     """
     args = _validate.run_arguments(loss_fn, data, epochs, key, tol, log_every, progress)
-    _validate.check_params(params)
+    st = _validate_model.start(params, model_state, args.it.num_batches)
+    total = _validate.check_steps(st.first + args.epochs, args.it.num_batches)
+    with_key = _validate.check_flag(with_key, "with_key")
+    _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=st.init.model_state is not None)
+    optimizer = _optimizer.with_total_steps(optimizer, total, hyperparams if isinstance(hyperparams, Mapping) else ())
     hp = _optimizer.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
-    _optimizer.check_traceable(optimizer, params, hp)
+    _optimizer.check_traceable(optimizer, st.init.params, hp)
+    _validate_model.check_opt_state(lambda: _optimizer.build(optimizer, hp), st)
     lhp = _validate_eval.loss_values(loss_hyperparams, allow_arrays=False)
     _validate_eval.loss_keywords(loss_fn, lhp)
     evaluation, eval_arrays = _validate_eval.evaluation(
@@ -158,7 +189,7 @@ def fit(
     cfg = _config.config(
         loss_fn,
         optimizer,
-        params,
+        st.init.params,
         args.it,
         epochs=args.epochs,
         log_every=args.log_every,
@@ -166,6 +197,9 @@ def fit(
         batched=batched,
         evaluation=evaluation,
         loss_hparams=tuple(lhp),
+        with_key=with_key,
+        model_state=st.init.model_state,
+        static=st.static,
     )
 
     def settings() -> dict[str, Any]:  # only called with a checkpoint: it hashes the data and params
@@ -175,23 +209,24 @@ def fit(
             optimizer,
             args.it,
             args.key,
+            st.init.params,
             hyperparams={k: float(v) for k, v in hp.items()},
-            epochs=args.epochs,
             tol=args.tol,
             log_every=args.log_every,
             has_aux=bool(has_aux),
             batched=bool(batched),
-            params=_settings.params_settings(params),
+            params=_settings.start_settings(st),
+            with_key=with_key,
             evaluation=_settings.evaluation_settings(
                 cfg.evaluation, eval_arrays, {k: float(v) for k, v in lhp.items()}
             ),
         )
 
-    ckpt = _settings.checkpointer(checkpoint, checkpoint_every, optimizer=optimizer, settings=settings)
-    inputs = _config.inputs(cfg, args, params, hp, lhp, eval_arrays)
+    ckpt = _settings.checkpointer(checkpoint, checkpoint_every, settings=settings)
+    inputs = _config.inputs(cfg, args, st.init, hp, lhp, eval_arrays, first=st.first)
     hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt)
     with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
-        out = _runner.run(Layout(cfg), inputs, args.epochs, hooks=hooks)
+        out = _runner.run(Layout(cfg), inputs, total // args.it.num_batches, first=st.first, hooks=hooks)
     return FitResult.build(
         cfg,
         args.it,

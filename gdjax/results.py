@@ -29,8 +29,11 @@ class FitResult:
 
     Attributes:
       params: the trained parameters (if it diverged, the last ones that
-        passed the divergence checks: finite, with a finite loss).
-      state: the final :class:`gdjax.TrainState` (params, optimizer state, step).
+        passed the divergence checks: finite, with a finite loss), as the
+        whole model (an Equinox module with its static leaves).
+      state: the final :class:`gdjax.TrainState` (params, optimizer state,
+        step, model state); pass it to :func:`gdjax.fit` as ``params`` to
+        continue the run.
       losses: per logged window, the mean mini-batch loss of its steps
         (one entry per step with ``log_every=1``); NaN after a divergence.
       epoch_losses: the full-data loss after each epoch run (NaN after epochs
@@ -53,9 +56,12 @@ class FitResult:
         taken (None if no evaluation was finite).
       best_value: the monitored value then (None likewise).
       best_params: the parameters then (with ``keep_best=True``; else None).
+      best_model_state: the model state then (with ``keep_best`` and a model state).
       stopped_early: ``patience`` evaluations passed without improvement.
-      num_steps: parameter updates taken.
-      num_epochs: epochs run (fewer than asked if it converged or diverged).
+      num_steps: parameter updates taken (counting those of the run it continues).
+      num_epochs: the epoch the run ended at (fewer than asked if it
+        converged or diverged; counting from the start of the run it continues).
+      first_epoch: the epoch it started at (0, or that of the state it continued).
       converged: the full-data loss reached ``tol``.
       diverged: a step's loss was non-finite (the run went back to the last
         parameters whose loss was finite), or at an epoch's end a parameter
@@ -103,6 +109,8 @@ class FitResult:
     wall_time: float
     compile_time: float
     resumed_from: int = 0
+    best_model_state: PyTree | None = None
+    first_epoch: int = 0
 
     @property
     def examples_seen(self) -> int:
@@ -125,9 +133,10 @@ class FitResult:
         at, best = int(h.diverged_at[0]), int(h.best_epoch[0])
         ev = cfg.evaluation
         first = lambda d: {k: v[0] for k, v in d.items()}  # noqa: E731
+        train = run.train._replace(params=cfg.model(run.train.params))
         return cls(
-            params=run.train.params,
-            state=run.train,
+            params=train.params,
+            state=train,
             losses=h.losses[0],
             epoch_losses=h.epoch_losses[0],
             history=first(h.history),
@@ -145,7 +154,9 @@ class FitResult:
             mode=ev.mode,
             best_epoch=best if best >= 0 else None,
             best_value=float(h.best_value[0]) if best >= 0 else None,
-            best_params=run.watch.best_params if ev.keep_best and best >= 0 else None,
+            best_params=cfg.model(run.watch.best_params) if ev.keep_best and best >= 0 else None,
+            best_model_state=run.watch.best_model_state if ev.keep_best and best >= 0 else None,
+            first_epoch=int(np.max(jax.device_get(run.first))),
             stopped_early=bool(h.stopped_early[0]),
             log_every=cfg.log_every,
             steps_per_epoch=it.num_batches,
@@ -166,9 +177,12 @@ class SweepResult:
         (``learning_rate`` first when swept).
       loss_hyperparams: name -> ``(M,)`` loss keyword values per member.
       seeds: ``(M,)`` seed per member, or None without seeds.
-      params: the final parameters, each leaf with a leading axis ``M``
-        (for diverged members, the last ones that passed the divergence checks).
-      state: the final :class:`gdjax.TrainState` of every member (leading axis ``M``).
+      params: the final parameters, each trained leaf with a leading axis
+        ``M`` (for diverged members, the last ones that passed the divergence
+        checks); the static leaves of a model are shared.
+      state: the final :class:`gdjax.TrainState` of every member (leading
+        axis ``M``); pass it to :func:`gdjax.sweep` as ``params``, with the
+        same members, to continue the sweep.
       losses: ``(M, W)`` mean step loss per window of ``log_every`` steps;
         NaN after a member stopped or diverged.
       epoch_losses: ``(M, E)`` full-data loss after each epoch; NaN where a
@@ -192,6 +206,7 @@ class SweepResult:
       best_value: ``(M,)`` that value (NaN: none).
       best_epoch_params: with ``keep_best=True``, each member's parameters
         at its best epoch (leading axis ``M``); else None.
+      best_epoch_model_state: likewise, each member's model state then.
       num_steps: ``(M,)`` updates taken.
       num_epochs: ``(M,)`` epochs run.
       log_every, steps_per_epoch, batch_size, examples_per_epoch: as in
@@ -237,18 +252,23 @@ class SweepResult:
     compile_time: float
     devices: int
     resumed_from: np.ndarray
+    best_epoch_model_state: PyTree | None = None
+    first_epoch: int = 0
 
     @classmethod
     def build(cls, cfg: Config, it: DataIterator, run: RunState, **extra: Any) -> SweepResult:
         """The result of a sweep from the stacked run states of every member."""
         h = histories(cfg, it.num_batches, run)
         ev = cfg.evaluation
+        train = run.train._replace(params=cfg.model(run.train.params))
         return cls(
-            params=run.train.params,
-            state=run.train,
+            params=train.params,
+            state=train,
             monitor=ev.monitor,
             mode=ev.mode,
-            best_epoch_params=run.watch.best_params if ev.keep_best else None,
+            best_epoch_params=cfg.model(run.watch.best_params) if ev.keep_best else None,
+            best_epoch_model_state=run.watch.best_model_state if ev.keep_best else None,
+            first_epoch=int(np.max(jax.device_get(run.first))),
             log_every=cfg.log_every,
             steps_per_epoch=it.num_batches,
             batch_size=it.batch_size,
@@ -317,7 +337,10 @@ class SweepResult:
         """The final parameters of member ``k`` (``best=True``: at its best epoch; needs ``keep_best``)."""
         if best and self.best_epoch_params is None:
             raise ValueError("best=True needs the sweep to be run with keep_best=True.")
-        return jax.tree.map(lambda x: x[k], self.best_epoch_params if best else self.params)
+        from gdjax._trainable import is_trained
+
+        tree = self.best_epoch_params if best else self.params
+        return jax.tree.map(lambda x: x[k] if is_trained(x) else x, tree)
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One dict per member: its hyperparameters, seed, losses and flags (for pandas or CSV).

@@ -11,6 +11,16 @@ the data without its leading axis). The step maps it over the batch with
 gives exactly the mean over its real examples. With ``batched=True``,
 ``loss_fn(params, batch)`` receives the whole :class:`gdjax.Batch` and must
 weight by ``batch.mask`` itself.
+
+Randomness and model state (dropout, batch norm): with ``with_key=True`` the
+loss takes ``key=``, a PRNG key for this step (``fold_in(key, state.step)``
+of the key the step is given; per example, folded in again with the
+example's position in the batch), and ``key=None`` where gdjax evaluates
+(inference). With ``stateful=True`` it takes ``model_state=`` and returns
+``(loss, new_model_state)`` (with ``has_aux``, ``(loss, (new_model_state,
+aux))``); the new state is kept in :attr:`TrainState.model_state`, never
+differentiated. Per example, the new state is the masked mean of the
+examples' new states (float leaves; other leaves are the first example's).
 """
 
 from __future__ import annotations
@@ -35,15 +45,18 @@ class TrainState(NamedTuple):
       params: the model parameters (any pytree).
       opt_state: the optimizer's state.
       step: int32 scalar, the number of updates taken.
+      model_state: what the loss carries from step to step besides the
+        parameters (batch-norm statistics), or None.
     """
 
     params: PyTree
     opt_state: optax.OptState
     step: jax.Array
+    model_state: PyTree = None
 
 
-def init(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
-    """The state before the first step.
+def init(params: PyTree, optimizer: optax.GradientTransformation, model_state: PyTree = None) -> TrainState:
+    """The state before the first step (``model_state``: the loss's initial model state, if it has one).
 
     Example:
       >>> import jax.numpy as jnp, optax, gdjax as gd
@@ -52,7 +65,7 @@ def init(params: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
       0
     """
     _check_optimizer(optimizer)
-    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), model_state)
 
 
 def _check_optimizer(optimizer: Any) -> None:
@@ -89,53 +102,138 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return total / count * scale
 
 
-def batch_loss(loss_fn: Callable, *, has_aux: bool = False, batched: bool = False) -> Callable:
-    """Turn a per-example loss into ``f(params, batch) -> (loss, aux)``.
+def batch_loss(
+    loss_fn: Callable, *, has_aux: bool = False, batched: bool = False, with_key: bool = False, stateful: bool = False
+) -> Callable:
+    """Turn a per-example loss into ``f(params, batch, key=None, model_state=None) -> (loss, (aux, model_state))``.
 
     ``aux`` is the masked mean over the batch's real examples of each leaf of
     the per-example auxiliary output, in float32 at least: an int or bool
     leaf becomes the fraction (or mean count) over real examples, so padding
-    rows of a ragged batch never count (``None`` without ``has_aux``; with
-    ``batched=True`` the loss's own aux, as it returned it).
+    rows never count (``None`` without ``has_aux``; with ``batched=True``
+    the loss's own aux, as it returned it). ``model_state`` is the loss's new
+    model state with ``stateful`` (see the module docstring), else the one
+    given. ``key`` is passed to the loss with ``with_key`` (per example,
+    ``fold_in(key, position)``; None stays None).
 
     Raises:
-      TypeError: at trace time, if ``loss_fn`` does not return a float scalar.
+      TypeError: at trace time, if ``loss_fn`` does not return a float scalar
+        (or the pair ``stateful``/``has_aux`` ask for, with a new model state
+        shaped like the old).
     """
+    form = LossForm(has_aux, batched, with_key, stateful)
 
-    def split(out: Any) -> tuple[Any, Any]:
-        if not has_aux:
-            return out, None
-        if not (isinstance(out, tuple | list) and len(out) == 2):
-            raise TypeError(
-                f"loss_fn must return (loss, aux) with has_aux=True; it returned {_describe(out)}. "
-                f"Return a pair, or drop has_aux."
-            )
-        return out[0], out[1]
-
-    def call(params: PyTree, x: PyTree) -> Any:
+    def call(params: PyTree, x: PyTree, key: Any, model_state: Any) -> Any:
+        keywords: dict[str, Any] = {}
+        if with_key:
+            keywords["key"] = key
+        if stateful:
+            keywords["model_state"] = model_state
         try:
-            return loss_fn(params, x)
+            return loss_fn(params, x, **keywords)
         except Exception as exc:  # the error stays the user's; the note says which form gdjax called
-            exc.add_note(f"gdjax called loss_fn with batched={batched}. {BATCHED_FORMS}")
+            exc.add_note(f"gdjax called loss_fn with {form.describe()}. {BATCHED_FORMS}")
             raise
 
-    def per_example(params: PyTree, example: PyTree) -> tuple[jax.Array, Any]:
-        loss, aux = split(call(params, example))
+    def per_example(params: PyTree, example: PyTree, key: Any, model_state: Any) -> tuple[jax.Array, Any, Any]:
+        loss, aux, new = form.split(call(params, example, key, model_state), model_state)
         check_scalar_loss(loss, has_aux=has_aux)
-        return loss, aux
+        return loss, aux, new
 
-    def fn(params: PyTree, batch: Batch) -> tuple[jax.Array, Any]:
+    def fn(params: PyTree, batch: Batch, key: Any = None, model_state: Any = None) -> tuple[jax.Array, Any]:
         if batched:
-            loss, aux = split(call(params, batch))
+            loss, aux, new = form.split(call(params, batch, key, model_state), model_state)
             check_scalar_loss(loss, has_aux=has_aux, batched=True)
-            return loss, aux
-        losses, aux = jax.vmap(per_example, in_axes=(None, 0))(params, batch.data)
+            return loss, (aux, new)
+        size = batch.mask.shape[0]
+        keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(size))
+        in_axes = (None, 0, None if keys is None else 0, None)
+        losses, aux, new = jax.vmap(per_example, in_axes=in_axes)(params, batch.data, keys, model_state)
         loss = masked_mean(losses, batch.mask)
         if aux is not None:
             aux = jax.tree.map(lambda a: masked_mean(jnp.asarray(a), batch.mask), aux)
-        return loss, aux
+        if stateful:
+            new = jax.tree.map(lambda a, old: _state_mean(a, old, batch.mask), new, model_state)
+        return loss, (aux, new)
 
     return fn
+
+
+def _state_mean(new: jax.Array, old: Any, mask: jax.Array) -> jax.Array:
+    """The examples' new values of one model-state leaf: their masked mean (float), or the first example's."""
+    if jnp.issubdtype(new.dtype, jnp.inexact):
+        return masked_mean(new, mask).astype(new.dtype)
+    return new[0]
+
+
+class LossForm(NamedTuple):
+    """How gdjax calls a loss and reads what it returns."""
+
+    has_aux: bool = False
+    batched: bool = False
+    with_key: bool = False
+    stateful: bool = False
+
+    def describe(self) -> str:
+        parts = [f"batched={self.batched}"]
+        if self.with_key:
+            parts.append("key=")
+        if self.stateful:
+            parts.append("model_state=")
+        return ", ".join(parts)
+
+    def returns(self) -> str:
+        if self.stateful and self.has_aux:
+            return "(loss, (new_model_state, aux))"
+        if self.stateful:
+            return "(loss, new_model_state)"
+        return "(loss, aux)" if self.has_aux else "loss"
+
+    def split(self, out: Any, model_state: Any) -> tuple[Any, Any, Any]:
+        """``(loss, aux, new_model_state)`` from what the loss returned (checked)."""
+        if not (self.has_aux or self.stateful):
+            return out, None, model_state
+        flags = " and ".join(n for n, on in (("model_state", self.stateful), ("has_aux=True", self.has_aux)) if on)
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise TypeError(
+                f"loss_fn must return {self.returns()} with {flags}; it returned {_describe(out)}. "
+                f"Return that, or drop {flags}."
+            )
+        loss, rest = out
+        if not self.stateful:
+            return loss, rest, model_state
+        if self.has_aux:
+            if not (isinstance(rest, tuple | list) and len(rest) == 2):
+                raise TypeError(
+                    f"loss_fn must return {self.returns()} with {flags}; its second item is {_describe(rest)}, "
+                    f"not the pair (new_model_state, aux)."
+                )
+            new, aux = rest
+        else:
+            new, aux = rest, None
+        _check_model_state(new, model_state)
+        return loss, aux, new
+
+
+def _check_model_state(new: Any, old: Any) -> None:
+    """Raise TypeError unless ``new`` has the structure, shapes and dtypes of ``old`` (works on tracers)."""
+    new_def = jax.tree.structure(new)
+    old_leaves, old_def = jax.tree.flatten(old)
+    problem = None
+    if new_def != old_def:
+        problem = f"its structure is {new_def}, the model state's is {old_def}"
+    else:
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new)[0], old_leaves, strict=True):
+            sa, sb = (jnp.shape(a), jnp.result_type(a)), (jnp.shape(b), jnp.result_type(b))
+            if sa != sb:
+                where = jax.tree_util.keystr(path)
+                problem = f"model_state{where} is {sa[1]}{list(sa[0])} where it was {sb[1]}{list(sb[0])}"
+                break
+    if problem is not None:
+        raise TypeError(
+            f"loss_fn must return the new model state shaped like the model_state it was given, as "
+            f"(loss, new_model_state); {problem}. Return the updated state (or the one given, unchanged)."
+        )
 
 
 def _describe(out: Any) -> str:
@@ -193,8 +291,10 @@ def make_step(
     *,
     has_aux: bool = False,
     batched: bool = False,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
-    """Build the pure step ``step(state, batch) -> (state, metrics)``.
+    with_key: bool = False,
+    stateful: bool = False,
+) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
+    """Build the pure step ``step(state, batch) -> (state, metrics)`` (``step(state, batch, key)`` with a key).
 
     Args:
       loss_fn: ``loss_fn(params, example) -> scalar`` (or ``(scalar, aux)``
@@ -207,10 +307,22 @@ def make_step(
         (an int or bool leaf as a float fraction: padding rows never count).
         With ``batched=True``, the aux as ``loss_fn`` returned it.
       batched: ``loss_fn`` takes the whole batch and applies the mask itself.
+      with_key: ``loss_fn`` takes ``key=``; the step is called as
+        ``step(state, batch, key)`` with the run's key, and passes the loss
+        ``fold_in(key, state.step)`` (per example, folded in again with the
+        example's position), so a run is reproducible and resumes exactly.
+      stateful: ``loss_fn`` takes ``model_state=`` (``state.model_state``,
+        see :func:`init`) and returns ``(loss, new_model_state)`` (with
+        ``has_aux``: ``(loss, (new_model_state, aux))``); the step keeps the
+        new one in ``state.model_state``.
 
     Returns:
       A pure function; ``metrics["loss"]`` is the batch's mean loss before
       the update. Wrap it in ``jax.jit`` yourself.
+
+    Raises:
+      TypeError: a bad optimizer or loss; when called, a missing key or
+        model state.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, gdjax as gd
@@ -227,11 +339,20 @@ def make_step(
     _check_optimizer(optimizer)
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, example); got {type(loss_fn).__name__}.")
-    objective = batch_loss(loss_fn, has_aux=has_aux, batched=batched)
+    objective = batch_loss(loss_fn, has_aux=has_aux, batched=batched, with_key=with_key, stateful=stateful)
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
+    def step(state: TrainState, batch: Batch, key: jax.Array | None = None) -> tuple[TrainState, dict[str, Any]]:
         check_trainable(state.params)
-        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch)
+        if with_key and key is None:
+            raise TypeError("this step was made with with_key=True: call it as step(state, batch, key).")
+        if stateful and state.model_state is None:
+            raise TypeError(
+                "this step was made with stateful=True, but state.model_state is None: make the state with "
+                "gd.init(params, optimizer, model_state)."
+            )
+        step_key = jax.random.fold_in(key, state.step) if with_key else None
+        grad = jax.value_and_grad(objective, has_aux=True)
+        (loss, (aux, model_state)), grads = grad(state.params, batch, step_key, state.model_state)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         # a hyperparameter of another float dtype (a traced float64 learning rate with float32 params, say)
         # must not promote the optimizer state: scans and checkpoints need it to keep its type
@@ -244,6 +365,6 @@ def make_step(
         metrics = {"loss": loss}
         if has_aux:
             metrics["aux"] = aux
-        return TrainState(params, opt_state, state.step + 1), metrics
+        return TrainState(params, opt_state, state.step + 1, model_state), metrics
 
     return step

@@ -34,13 +34,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _config, _hooks, _optimizer, _plan, _runner, _settings, _validate, _validate_eval
+from gdjax import _config, _hooks, _optimizer, _plan, _runner, _settings, _validate, _validate_eval, _validate_model
+from gdjax._digest import function_digest
 from gdjax._program import AXIS, Inputs, Layout
+from gdjax._trainable import split
 from gdjax._types import PyTree
 from gdjax.checkpoint import Checkpointer, holding
 from gdjax.data import DataIterator
 from gdjax.progress import ProgressBar
 from gdjax.results import SweepResult
+from gdjax.step import TrainState
 
 __all__ = ["SweepResult", "seed_keys", "sweep"]
 
@@ -67,8 +70,22 @@ def seed_keys(key: jax.Array, seed: int | jax.Array) -> tuple[jax.Array, jax.Arr
     return init_key, order_key
 
 
-def _check_init(init: Callable) -> None:
-    """Fail now if the init function cannot be called as ``init(key)``."""
+def _check_init(init: Any, params: Any, seeds: Any) -> None:
+    """Fail now unless ``init`` is a function ``init(key)`` given with seeds and without params."""
+    if init is None:
+        return
+    if not callable(init):
+        raise TypeError(f"init must be a function init(key) -> params; got {type(init).__name__}.")
+    if params is not None:
+        raise ValueError(
+            "params and init are both given: pass params=None with init= (each member is initialised by "
+            "init(init_key) from its seed), or drop init to start every member from params."
+        )
+    if seeds is None:
+        raise ValueError(
+            "init= needs seeds=: each seed gives a member its own initialisation (init(init_key), see "
+            "gd.seed_keys). Pass seeds=3 (or a list of seeds), or pass params=init(key) to share one start."
+        )
     try:
         signature = inspect.signature(init)
     except (TypeError, ValueError):
@@ -77,47 +94,64 @@ def _check_init(init: Callable) -> None:
         signature.bind(None)
     except TypeError as exc:
         raise TypeError(
-            f"params must be the parameters or an init function called as params(key) with one PRNG key; "
-            f"{getattr(init, '__name__', repr(init))} cannot take one argument ({exc}); define it as "
-            f"def init(key): ... ."
+            f"init must be called as init(key) with one PRNG key; {getattr(init, '__name__', repr(init))} cannot "
+            f"take one argument ({exc}); define it as def init(key): ... ."
         ) from None
 
 
 class _Starts:
-    """Each chunk's initial parameters and order keys: shared by every member, or one per seed.
+    """Each chunk's starting states and order keys: shared by every member, one per seed, or a sweep continued.
 
-    With seeds and an init function, each chunk's parameters are made by
-    ``vmap(init)`` over its members' init keys when the chunk runs (the first
-    chunk's once, also used to check the parameters before compiling).
+    With ``init`` (and seeds), each chunk's parameters are made by
+    ``vmap(init)`` over its members' init keys when the chunk runs (the
+    first member's once before, eagerly, to check them and find the static
+    leaves of the model). With a sweep's ``state``, each member continues its own.
     """
 
-    def __init__(self, params: Any, table: _plan.Members, key: jax.Array) -> None:
-        self.init = params if callable(params) else None
-        self.params_batched = table.seeds is not None and callable(params)
+    def __init__(
+        self, params: Any, init: Any, table: _plan.Members, key: jax.Array, model_state: Any, steps: int
+    ) -> None:
+        self.init = init
         self.keys_batched = table.seeds is not None
         if table.seeds is None:
-            self.shared = params(seed_keys(key, 0)[0]) if callable(params) else params
             self.order_keys = key
         else:
             pairs = jax.vmap(lambda s: jnp.stack(seed_keys(key, s)))(jnp.asarray(table.seeds, jnp.uint32))
             self.init_keys, self.order_keys = pairs[:, 0], pairs[:, 1]
-            self.shared = params
+        if init is not None:
+            self.start = _validate_model.start(init(self.init_keys[0]), model_state, steps, name="init(key)")
+        else:
+            continuing = isinstance(params, TrainState)
+            self.start = _validate_model.start(params, model_state, steps, members=continuing)
+            if continuing and len(np.asarray(params.step)) != table.size:
+                raise ValueError(
+                    f"params is the state of a sweep of {len(np.asarray(params.step))} members, but this sweep has "
+                    f"{table.size}. Continue it with the same learning_rates, hyperparams and seeds."
+                )
+        self.params_batched = init is not None or self.start.continuing
         self._first: PyTree = None
 
-    def params(self, chunk: _plan.Chunk) -> PyTree:
-        if not self.params_batched:
-            return self.shared
+    def state(self, chunk: _plan.Chunk) -> TrainState:
+        """The starting :class:`TrainState` of the chunk's rows (or the one all members share)."""
+        start = self.start.init
+        if self.init is None:
+            return jax.tree.map(lambda x: x[chunk.rows], start) if self.params_batched else start
         if chunk.number == 0 and self._first is not None:
-            return self._first
-        made = _init_many(self.init, self.init_keys[chunk.rows])
-        if chunk.number == 0:
-            self._first = made
-        return made
+            params = self._first
+        else:
+            params = _init_many(self.init, self.init_keys[chunk.rows])
+            if chunk.number == 0:
+                self._first = params
+        rows = len(chunk.rows)
+        model_state = jax.tree.map(lambda x: jnp.broadcast_to(x, (rows, *jnp.shape(x))), start.model_state)
+        return TrainState(params, None, None, model_state)  # type: ignore[arg-type]
 
-    def one(self, first: _plan.Chunk) -> PyTree:
-        """One member's initial parameters, to check them and the loss."""
-        made = self.params(first)
-        return jax.tree.map(lambda x: x[0], made) if self.params_batched else made
+    def one(self) -> tuple[PyTree, PyTree]:
+        """One member's trained parameters and model state, to check them and the loss."""
+        start = self.start.init
+        if self.start.continuing:
+            return jax.tree.map(lambda x: x[0], (start.params, start.model_state))
+        return start.params, start.model_state
 
     def keys(self, chunk: _plan.Chunk) -> jax.Array:
         return self.order_keys[chunk.rows] if self.keys_batched else self.order_keys
@@ -125,7 +159,7 @@ class _Starts:
 
 def sweep(
     loss_fn: Callable,
-    params: PyTree | Callable[[jax.Array], PyTree],
+    params: PyTree | None,
     optimizer_fn: Callable[..., optax.GradientTransformation],
     data: DataIterator,
     *,
@@ -153,20 +187,25 @@ def sweep(
     min_delta: float = 0.0,
     keep_best: bool = False,
     loss_hyperparams: Mapping[str, Any] | None = None,
+    init: Callable[[jax.Array], PyTree] | None = None,
+    with_key: bool = False,
+    model_state: PyTree = None,
 ) -> SweepResult:
     """Train one model per hyperparameter setting (and seed), all in one compiled program.
 
     Args:
       loss_fn: ``loss_fn(params, example) -> scalar``, as for :func:`gdjax.fit`.
-      params: initial parameters shared by every member, or ``init(key) ->
-        params``, called with each seed's ``init_key`` (see :func:`seed_keys`;
-        without seeds, with ``seed_keys(key, 0)[0]``).
+      params: initial parameters shared by every member (any pytree, an
+        Equinox module included, as for :func:`gdjax.fit`); None with
+        ``init``; or a sweep's ``state`` to continue it (the same members).
       optimizer_fn: an optax factory such as ``optax.sgd`` or ``optax.adam``;
         member ``k`` uses ``optimizer_fn(learning_rate=lr_k, **hyperparams_k)``.
-        To sweep a schedule's peak, scale a schedule of peak 1 in a small
-        factory (some optax schedules branch on their values in Python and
-        cannot take a traced peak): ``unit = optax.cosine_decay_schedule(1.0,
-        1000)`` and ``lambda learning_rate: optax.sgd(lambda t: learning_rate * unit(t))``.
+        A factory with a ``total_steps`` (or ``num_steps``) parameter gets
+        the run's total number of steps, so a schedule's peak can be swept:
+        ``lambda learning_rate, total_steps: optax.sgd(
+        optax.warmup_cosine_decay_schedule(0.0, learning_rate, 100,
+        total_steps))``. Where optax needs the value in Python (a clear
+        error says so), scale a schedule of peak 1 by the learning rate.
       data: a :class:`gdjax.DataIterator`.
       learning_rates: 1-D array of learning rates.
       hyperparams: name -> 1-D array (swept) or number (fixed), passed to
@@ -202,6 +241,13 @@ def sweep(
       loss_hyperparams: name -> 1-D array (swept) or number (fixed), passed
         to the loss as keywords (``loss_fn(params, example, *, l2)``);
         zipped or combined with ``grid`` like ``hyperparams``, and traced.
+      init: ``init(key) -> params``, called with each seed's ``init_key``
+        (see :func:`seed_keys`) under ``vmap``; needs ``seeds`` and
+        ``params=None``. Leaves that are not float arrays must not depend on
+        the key (they are held static, taken from the first member's).
+      with_key, model_state: a key per step and a model state in the loss,
+        per member, as for :func:`gdjax.fit` (every member starts from
+        ``model_state`` and carries its own).
 
     Returns:
       A :class:`SweepResult`.
@@ -222,6 +268,13 @@ def sweep(
     _optimizer.require_factory(optimizer_fn)
     args = _validate.run_arguments(loss_fn, data, epochs, key, tol, log_every, progress)
     table = _plan.members(learning_rates, hyperparams, grid=grid, seeds=seeds, loss_hyperparams=loss_hyperparams)
+    _check_init(init, params, seeds)
+    with_key = _validate.check_flag(with_key, "with_key")
+    starts = _Starts(params, init, table, args.key, model_state, args.it.num_batches)
+    st = starts.start
+    total = _validate.check_steps(st.first + args.epochs, args.it.num_batches)
+    _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=st.init.model_state is not None)
+    optimizer_fn = _optimizer.with_total_steps(optimizer_fn, total, table.hyperparams)
     _optimizer.check_keywords(optimizer_fn, table.hyperparams, learning_rate="learning_rates")
     _validate_eval.loss_keywords(loss_fn, table.loss_hyperparams)
     evaluation, eval_arrays = _validate_eval.evaluation(
@@ -239,14 +292,12 @@ def sweep(
     if chunk_size is not None:
         chunk_size = _validate.check_positive_int(chunk_size, "chunk_size", low=1)
     devs = _plan.check_devices(devices)
-    if callable(params):
-        _check_init(params)
     rows = _plan.chunk_rows(table.size, chunk_size, len(devs))
     chunks = _plan.chunks(table.size, rows)
-    starts = _Starts(params, table, args.key)
-    one = starts.one(chunks[0])
-    _validate.check_params(one, "params(key)" if callable(params) else "params")
+    one, one_state = starts.one()
     _optimizer.check_traceable(optimizer_fn, one, table.hyperparams)
+    first_values = {k: v[0] for k, v in table.hyperparams.items()}
+    _validate_model.check_opt_state(lambda: _optimizer.build(optimizer_fn, first_values), st, members=True)
     cfg = _config.config(
         loss_fn,
         optimizer_fn,
@@ -259,6 +310,9 @@ def sweep(
         members=rows,
         evaluation=evaluation,
         loss_hparams=tuple(table.loss_hyperparams),
+        with_key=with_key,
+        model_state=one_state,
+        static=st.static,
     )
     mesh = Mesh(np.array(devs), (AXIS,)) if len(devs) > 1 else None
     layout = Layout(cfg, True, starts.params_batched, starts.keys_batched, mesh)
@@ -269,11 +323,12 @@ def sweep(
         "devices": len(devs),
         "evaluation": (cfg.evaluation, eval_arrays),
     }
-    settings = functools.cache(functools.partial(_sweep_settings, loss_fn, optimizer_fn, params, args, table, options))
+    options["with_key"] = with_key
+    settings = functools.cache(
+        functools.partial(_sweep_settings, loss_fn, optimizer_fn, init, starts, args, table, options)
+    )
     ckpts = [
-        _settings.checkpointer(
-            checkpoint, checkpoint_every, optimizer=optimizer_fn, settings=settings, prefix=f"chunk-{c.number:05d}-"
-        )
+        _settings.checkpointer(checkpoint, checkpoint_every, settings=settings, prefix=f"chunk-{c.number:05d}-")
         for c in chunks
     ]
     with holding(ckpts):  # one lock on the folder for every chunk, until sweep returns or raises
@@ -289,6 +344,7 @@ def sweep(
                 eval_data=eval_arrays,
                 progress=progress,
                 checkpointer=ckpts[c.number],
+                last=total // args.it.num_batches,
             )
             for c in chunks
         ]
@@ -327,28 +383,33 @@ def _result(
 def _sweep_settings(
     loss_fn: Callable[..., Any],
     optimizer_fn: Callable[..., Any],
-    params: Any,
+    init: Any,
+    starts: _Starts,
     args: _validate.RunArgs,
     table: _plan.Members,
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """What a sweep's checkpoints record (called only with a checkpoint, once: it hashes the data)."""
+    params = _settings.start_settings(starts.start)
+    if init is not None:
+        params = {"init": _settings.describe(init), "init_digest": function_digest(init), **params}
     return _settings.run_settings(
         "sweep",
         loss_fn,
         optimizer_fn,
         args.it,
         args.key,
+        starts.one()[0],
         hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
         seeds=None if table.seeds is None else table.seeds.tolist(),
-        epochs=args.epochs,
         tol=args.tol,
         log_every=args.log_every,
         has_aux=bool(options["has_aux"]),
         batched=bool(options["batched"]),
         chunk=options["rows"],
         devices=options["devices"],
-        params=_settings.describe(params) if callable(params) else _settings.params_settings(params),
+        params=params,
+        with_key=options["with_key"],
         evaluation=_settings.evaluation_settings(
             options["evaluation"][0],
             options["evaluation"][1],
@@ -369,22 +430,25 @@ def _run_chunk(
     eval_data: PyTree,
     progress: bool,
     checkpointer: Checkpointer | None,
+    last: int,
 ) -> _runner.Outcome:
-    """Place one chunk's inputs on its devices and run it."""
+    """Place one chunk's inputs on its devices and run it (to epoch ``last``)."""
     rows = lambda values: {k: v[chunk.rows] for k, v in values.items()}  # noqa: E731
+    first = starts.start.first
     inputs = _config.inputs(
         layout.cfg,
         args,
-        starts.params(chunk),
+        starts.state(chunk),
         rows(table.hyperparams),
         rows(table.loss_hyperparams),
         eval_data,
         key=starts.keys(chunk),
+        first=first,
     )
     desc = "sweep" if num_chunks == 1 else f"sweep, chunk {chunk.number + 1}/{num_chunks}"
     bar = ProgressBar(args.epochs, desc, members=chunk.real) if progress else None
     hooks = _hooks.hooks(bar, checkpointer)
-    return _runner.run(layout, _place(layout, inputs, device), args.epochs, members=chunk.real, hooks=hooks)
+    return _runner.run(layout, _place(layout, inputs, device), last, first=first, members=chunk.real, hooks=hooks)
 
 
 def _place(layout: Layout, inputs: Inputs, device: jax.Device) -> Inputs:
@@ -395,16 +459,18 @@ def _place(layout: Layout, inputs: Inputs, device: jax.Device) -> Inputs:
     put = lambda tree, batched: jax.device_put(tree, split if batched else whole)  # noqa: E731
     return Inputs(
         it=put(inputs.it, False),
-        params=put(inputs.params, layout.params_batched),
+        init=put(inputs.init, layout.params_batched),
         hparams=put(inputs.hparams, True),
         key=put(inputs.key, layout.keys_batched),
         tol=put(inputs.tol, False),
         loss_hparams=put(inputs.loss_hparams, True),
         eval_data=put(inputs.eval_data, False),
         epochs=put(inputs.epochs, False),
+        first=put(inputs.first, False),
     )
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init_many(init: Callable[[jax.Array], PyTree], keys: jax.Array) -> PyTree:
-    return jax.vmap(init)(keys)
+    """The trained leaves of ``init(key)`` for each key (the static ones are the first member's)."""
+    return jax.vmap(lambda k: split(init(k))[0])(keys)

@@ -308,9 +308,9 @@ def _per_batch_loss(p, batch):
         ({"data": PROB.data}, TypeError, r"data must be a gdjax DataIterator.*gd.minibatch"),
         ({"log_every": 0}, ValueError, "log_every must be at least 1"),
         (
-            {"params": {"w": jnp.zeros(6, jnp.int32), "b": jnp.zeros(())}},
-            TypeError,
-            r"params\['w'\] must be a float array",
+            {"params": {"w": jnp.zeros(6, jnp.int32), "b": jnp.zeros((), jnp.int32)}},
+            ValueError,
+            r"params has no float arrays to train \(its leaves are \['int32'\]\)",
         ),
         (
             {"params": {"w": jnp.zeros(5), "b": jnp.zeros(())}},
@@ -404,7 +404,7 @@ DETERMINISM = """
 import hashlib, sys, jax, numpy as np, optax, gdjax as gd
 prob = gd.problems.linear_regression(n=500, d=6, key=jax.random.key(0))
 m = gd.models.mlp((16,))
-sw = gd.sweep(m.loss, lambda k: m.init(k, 6), optax.adam, gd.minibatch(prob.data, 32),
+sw = gd.sweep(m.loss, None, optax.adam, gd.minibatch(prob.data, 32), init=lambda k: m.init(k, 6),
               learning_rates=[1e-3, 1e-2], seeds=2, epochs=3, key=jax.random.key(7))
 res = gd.fit(m.loss, m.init(jax.random.key(1), 6), optax.sgd, gd.stochastic(prob.data), epochs=2,
              key=jax.random.key(7), learning_rate=0.01)

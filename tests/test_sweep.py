@@ -152,12 +152,13 @@ def test_chunks_give_the_same_results_and_share_one_program(compiles):
 def test_no_recompile_for_new_values_key_or_seeds(compiles):
     kw = {"epochs": 3, "hyperparams": {"momentum": [0.0, 0.9]}, "grid": True}
     init = lambda k: MODEL.init(k, 5)  # noqa: E731
-    gd.sweep(MODEL.loss, init, optax.sgd, IT, learning_rates=[0.1, 0.2], seeds=[0, 1], key=jax.random.key(0), **kw)
+    kw["init"] = init
+    gd.sweep(MODEL.loss, None, optax.sgd, IT, learning_rates=[0.1, 0.2], seeds=[0, 1], key=jax.random.key(0), **kw)
     with compiles() as c:
-        gd.sweep(MODEL.loss, init, optax.sgd, IT, learning_rates=[0.3, 0.01], seeds=[5, 9], key=jax.random.key(1), **kw)
+        gd.sweep(MODEL.loss, None, optax.sgd, IT, learning_rates=[0.3, 0.01], seeds=[5, 9], key=jax.random.key(1), **kw)
         gd.sweep(
             MODEL.loss,
-            init,
+            None,
             optax.sgd,
             IT,
             learning_rates=[0.5, 0.05],
@@ -206,7 +207,8 @@ def test_grid_zip_and_seeds_layout():
 def test_seeded_member_equals_fit_with_its_seed_keys():
     init = lambda k: gd.models.mlp((4,)).init(k, 5)  # noqa: E731
     loss = gd.models.mlp((4,)).loss
-    sw = gd.sweep(loss, init, optax.sgd, IT, learning_rates=[0.05], seeds=[3, 7], epochs=2, key=jax.random.key(9))
+    kw = {"learning_rates": [0.05], "seeds": [3, 7], "epochs": 2, "key": jax.random.key(9), "init": init}
+    sw = gd.sweep(loss, None, optax.sgd, IT, **kw)
     for k, seed in enumerate([3, 7]):
         init_key, order_key = gd.seed_keys(jax.random.key(9), seed)
         res = gd.fit(loss, init(init_key), optax.sgd, IT, epochs=2, key=order_key, learning_rate=0.05)
@@ -300,7 +302,10 @@ def test_every_member_diverged_has_no_best():
         ({"devices": 3}, TypeError, "devices must be a non-empty sequence of jax.Device"),
         ({"batched": True}, TypeError, r"failed with batched=True.*loss_fn\(params, example\).*drop batched=True"),
         ({"loss_fn": _per_batch_loss}, TypeError, "pass batched=True"),
-        ({"params": lambda: P0}, TypeError, r"init function called as params\(key\).*cannot take one argument"),
+        ({"params": lambda k: P0}, TypeError, r"params is a function, not parameters.*params=None, init="),
+        ({"params": None, "init": lambda: P0, "seeds": 2}, TypeError, r"init must be called as init\(key\)"),
+        ({"params": None, "init": lambda k: P0}, ValueError, r"init= needs seeds="),
+        ({"init": lambda k: P0, "seeds": 2}, ValueError, r"params and init are both given"),
     ],
 )
 def test_bad_arguments_are_explained_before_compiling(kwargs, error, match, compiles):

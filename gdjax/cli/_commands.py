@@ -242,15 +242,16 @@ def sweep(args: argparse.Namespace) -> int:
     evaluation: dict[str, Any] = {"metrics": model.metrics or None}  # accuracy, computed in the compiled run
     if data.validation is not None:
         evaluation.update(eval_data=data.validation, monitor="eval_loss", mode="min")
+    key = jax.random.key(args.seed)
     sw = gdjax_call(
         gd.sweep,
         model.loss,
-        functools.partial(model.init, num_features=d),
+        model.init(gd.seed_keys(key, 0)[0], num_features=d),  # every member starts from the same parameters
         OPTIMIZERS[args.optimizer],
         it,
         learning_rates=np.geomspace(args.lr_min, args.lr_max, args.num_lrs),
         epochs=args.epochs,
-        key=jax.random.key(args.seed),
+        key=key,
         progress=not args.no_progress,
         **evaluation,
     )

@@ -1,0 +1,156 @@
+"""Checks of what a run starts from: the model, its state, a run it continues; before anything is compiled.
+
+``params`` may be any pytree (an Equinox module included): its float arrays
+are trained, the other leaves held static (:mod:`gdjax._trainable`). It may
+also be a :class:`gdjax.TrainState` (``res.state``): the run then continues
+that one, with its optimizer state, step count and model state, from the
+epoch its step count ends (:class:`Start`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gdjax import _validate
+from gdjax._trainable import Static, has_static, is_trained, split
+from gdjax._types import PyTree
+from gdjax.step import TrainState
+
+
+class Start(NamedTuple):
+    """Where a run starts.
+
+    Attributes:
+      init: a :class:`gdjax.TrainState` of the trained leaves; its
+        ``opt_state`` and ``step`` are None for a new run.
+      static: the leaves held static, or None when every leaf is trained.
+      first: the epoch the run starts at (0 for a new run).
+    """
+
+    init: TrainState
+    static: Static | None
+    first: int
+
+    @property
+    def continuing(self) -> bool:
+        return self.init.step is not None
+
+
+def start(params: Any, model_state: Any, steps_per_epoch: int, *, name: str = "params", members: bool = False) -> Start:
+    """Check and split what a run starts from (``members``: a sweep's state, with a leading member axis).
+
+    Raises:
+      TypeError, ValueError: nothing to train, a non-finite value, a model
+        state given twice, or a state whose step count is not a whole number
+        of epochs of this data.
+    """
+    if isinstance(params, TrainState):
+        return _continuing(params, model_state, steps_per_epoch, name=name, members=members)
+    if callable(params) and not any(is_trained(x) for x in jax.tree.leaves(params)):
+        raise TypeError(
+            f"{name} is a function, not parameters. fit takes the parameters (params=init(jax.random.key(0))); "
+            f"to initialise each sweep member from its own seed, pass params=None, init=your_init and seeds=[...]."
+        )
+    trained, static = _split(params, name)
+    check_model_state(model_state)
+    return Start(TrainState(trained, None, None, model_state), static, 0)  # type: ignore[arg-type]
+
+
+def _split(params: Any, name: str) -> tuple[PyTree, Static | None]:
+    leaves = _validate.leaves_with_paths(params, name)
+    trained, static = split(params)
+    if not jax.tree.leaves(trained):
+        kinds = sorted({type(x).__name__ if not hasattr(x, "dtype") else str(x.dtype) for _, x in leaves})
+        raise ValueError(
+            f"{name} has no float arrays to train (its leaves are {kinds or 'none'}). gdjax trains the float "
+            f"arrays of params and holds every other leaf static; pass the model or pytree that holds the weights."
+        )
+    _validate.check_params(trained, name)
+    return trained, Static(static) if has_static(params) else None
+
+
+def check_model_state(model_state: Any) -> None:
+    """A model state must be a pytree of arrays, finite where float."""
+    if model_state is None:
+        return
+    for path, leaf in _validate.leaves_with_paths(model_state, "model_state"):
+        where = f"model_state{jax.tree_util.keystr(path)}"
+        if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
+            raise TypeError(
+                f"{where} is a {type(leaf).__name__}; a model state holds arrays only (batch statistics, counters). "
+                f"Keep other values in the loss function."
+            )
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.isfinite(np.asarray(leaf)).all():
+            raise ValueError(f"{where} holds NaN or inf before training; start from finite values.")
+
+
+def _continuing(state: TrainState, model_state: Any, steps: int, *, name: str, members: bool) -> Start:
+    if model_state is not None:
+        raise ValueError(
+            f"model_state is given, but {name} is a TrainState that carries its own (state.model_state). Give it "
+            f"once: drop model_state=, or pass state._replace(model_state=...)."
+        )
+    if state.opt_state is None or state.step is None:
+        raise TypeError(f"{name} is a TrainState without an optimizer state or step; pass a run's res.state.")
+    step = np.asarray(state.step)
+    if step.ndim != int(members) or not np.issubdtype(step.dtype, np.integer):
+        want = "one step count per member (a sweep's state)" if members else "one step count (a fit's state)"
+        raise TypeError(f"{name}.step must be {want}; got shape {step.shape} and dtype {step.dtype}.")
+    last = int(step.max())
+    if last % steps:
+        raise ValueError(
+            f"{name} has taken {last} steps, which is not a whole number of epochs of this data ({steps} steps "
+            f"per epoch), so the epoch to go on from is unclear. Continue with the data and batch size it was "
+            f"trained with, or start a new run from its parameters ({name}.params)."
+        )
+    trained, static = _split(state.params, f"{name}.params")
+    check_model_state(state.model_state)
+    init = TrainState(trained, state.opt_state, jnp.asarray(step, jnp.int32), state.model_state)
+    return Start(init, static, last // steps)
+
+
+def check_opt_state(build: Callable[[], Any], start: Start, *, name: str = "params", members: bool = False) -> None:
+    """A continued run's optimizer state must have the structure, shapes and dtypes the optimizer makes."""
+    if not start.continuing:
+        return
+    one = (lambda x: x[0]) if members else (lambda x: x)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(one(x)), x.dtype), start.init.params)
+    want = jax.eval_shape(lambda p: build().init(p), params)
+    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(one(x)), jnp.result_type(x)), start.init.opt_state)
+    if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+        raise ValueError(
+            f"{name}.opt_state does not fit this optimizer: it was made by another optimizer (or for other "
+            f"parameters). The optimizer makes {_shapes(want)}; the state holds {_shapes(got)}. Continue with the "
+            f"optimizer the run used, or start a new run from {name}.params."
+        )
+
+
+def _shapes(tree: PyTree) -> str:
+    text = str(jax.tree.map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def loss_keywords(loss_fn: Callable[..., Any], *, with_key: bool, stateful: bool) -> None:
+    """Fail now if the loss cannot take ``key=`` (``with_key``) or ``model_state=``."""
+    names = [n for n, on in (("key", with_key), ("model_state", stateful)) if on]
+    if not names:
+        return
+    try:
+        signature = inspect.signature(loss_fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None, **dict.fromkeys(names))
+    except TypeError as exc:
+        why = {"key": "with_key=True passes each step's PRNG key", "model_state": "model_state= passes the state"}
+        raise TypeError(
+            f"loss_fn cannot take {' and '.join(f'{n}=' for n in names)} ({exc}); "
+            f"{'; '.join(why[n] for n in names)}. Define it as def loss_fn(params, example, *, "
+            f"{', '.join(names)}): ... (key is None when gdjax evaluates), or drop the option."
+        ) from None
