@@ -23,7 +23,7 @@ from gdjax import _validate, _validate_eval
 from gdjax._caches import BoundedCache, callable_key
 from gdjax._evaluation import Evaluation, aux_layout
 from gdjax._optimizer import is_factory
-from gdjax._program import Config, Inputs, capacity, unroll_for, with_static
+from gdjax._run import Config, Inputs, capacity, unroll_for, with_static
 from gdjax._runner import signature
 from gdjax._trainable import Static, combine
 from gdjax._types import PyTree
@@ -144,7 +144,7 @@ def inputs(
 ) -> Inputs:
     """The traced inputs of a run (``key`` overrides ``args.key``: a sweep's per-member order keys).
 
-    ``init`` is where the run starts (:class:`gdjax._program.Inputs`);
+    ``init`` is where the run starts (:class:`gdjax._run.Inputs`);
     ``first`` the epoch it starts at; it trains to ``first + args.epochs``.
     """
     return Inputs(

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from gdjax._program import Config, RunState
+from gdjax._run import Config, RunState
 from gdjax._types import ceil_div
 
 

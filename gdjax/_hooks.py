@@ -7,13 +7,15 @@ chunk of epochs should end, and calls it after every chunk with the
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from collections.abc import Sequence
 
 from gdjax import progress
+from gdjax._load import history_layout as _history_layout
 from gdjax._program import RunState
 from gdjax._runner import Hook, HostHistory, Status
-from gdjax.checkpoint import Checkpointer, CheckpointError
+from gdjax.checkpoint import Checkpointer
 from gdjax.progress import ProgressBar
 
 
@@ -50,11 +52,18 @@ class CheckpointHook(Hook):
     """Restores the newest checkpoint before training, and saves one every ``every`` epochs and at the end.
 
     A checkpoint holds the run's state and the history the runner moved to
-    the host, so a resumed run is bit-identical to an uninterrupted one.
+    the host, so a resumed run is bit-identical to an uninterrupted one. Its
+    metadata also records what :func:`gdjax.checkpoint.load` needs to read it
+    without training code (``"run"``: the evaluation's ``columns``, or None
+    where not given, ``log_every``, ``steps_per_epoch``, the real
+    ``members`` and the sweep ``chunk`` number, None for a fit).
     """
 
-    def __init__(self, checkpointer: Checkpointer) -> None:
+    def __init__(self, checkpointer: Checkpointer, columns: Sequence[str] | None = None) -> None:
         self.ckpt = checkpointer
+        self.columns = None if columns is None else [str(c) for c in columns]
+        match = re.fullmatch(r"chunk-(\d{5})-", checkpointer.prefix)
+        self.chunk = int(match.group(1)) if match else None
 
     def start(self, run: RunState, history: HostHistory) -> RunState:
         found = self.ckpt.restore(lambda epoch, meta: history.template(run, _history_layout(meta)))
@@ -69,22 +78,24 @@ class CheckpointHook(Hook):
 
     def after(self, run: RunState, history: HostHistory, status: Status) -> None:
         if status.epochs_done % self.ckpt.every == 0 or status.finished:
-            self.ckpt.save((run, history.drained(run)), status.epochs_done, {"history": history.layout()})
+            run_layout = {
+                "columns": self.columns,
+                "log_every": history.log_every,
+                "steps_per_epoch": history.steps,
+                "members": status.members,
+                "chunk": self.chunk,
+            }
+            extra = {"history": history.layout(), "run": run_layout}
+            self.ckpt.save((run, history.drained(run)), status.epochs_done, extra)
 
 
-def _history_layout(meta: dict[str, Any]) -> dict[str, int]:
-    """The history layout a checkpoint recorded (a CheckpointError, so skipped as damaged, where it is not)."""
-    layout = meta.get("history")
-    if not isinstance(layout, dict) or any(type(layout.get(k)) is not int for k in ("base", "capacity", "first")):
-        raise CheckpointError("the checkpoint does not record its history layout (base, capacity, first)")
-    return layout
-
-
-def hooks(bar: ProgressBar | None, checkpointer: Checkpointer | None) -> list[Hook]:
-    """The hooks for a run with an optional bar and an optional checkpointer."""
+def hooks(
+    bar: ProgressBar | None, checkpointer: Checkpointer | None, columns: Sequence[str] | None = None
+) -> list[Hook]:
+    """The hooks for a run with an optional bar and an optional checkpointer (``columns``: the evaluation's)."""
     out: list[Hook] = []
     if checkpointer is not None:
-        out.append(CheckpointHook(checkpointer))
+        out.append(CheckpointHook(checkpointer, columns))
     if bar is not None:
         out.append(ProgressHook(bar))
     return out

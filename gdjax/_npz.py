@@ -7,6 +7,12 @@ more than the file holds), lets the zip's CRC-32 check every byte, and checks
 the JSON description field by field; anything unreadable or inconsistent is a
 :class:`CheckpointError`. Writing goes to a temporary file in the same folder,
 flushed to disk, then ``os.replace``-d into place.
+
+The description also records each leaf's path in the tree (a list of
+``[kind, key]`` steps, ``kind`` one of ``"dict"``, ``"attr"`` and
+``"index"``), so a file can be read without a template of its structure
+(:func:`read`, and :func:`gdjax.checkpoint.load`); files written without
+paths are still read by :func:`restore`, which takes a template.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ from gdjax._types import PyTree
 
 META = "__meta__"
 FORMAT = 1
+#: The kinds of a step in a leaf's recorded path: a dict key, an attribute (named tuples, dataclasses,
+#: Equinox modules) and a position (tuples, lists, nodes registered without keys).
+PATH_KINDS = ("dict", "attr", "index")
+
+#: A leaf's path: ``(kind, key)`` steps from the root of the tree.
+KeyPath = tuple[tuple[str, Any], ...]
 
 
 class CheckpointError(ValueError):
@@ -44,19 +56,42 @@ def _to_host(leaf: Any) -> np.ndarray:
     return np.asarray(jax.device_get(leaf))
 
 
+def _step(key: Any) -> list[Any]:
+    """One step of a leaf's path as JSON: ``[kind, key]`` (keys of other types by their ``str``)."""
+    tu = jax.tree_util
+    if isinstance(key, tu.DictKey):
+        k = key.key
+        if isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            return ["dict", int(k)]
+        return ["dict", k if isinstance(k, str) else str(k)]
+    if isinstance(key, tu.GetAttrKey):
+        return ["attr", key.name]
+    if isinstance(key, tu.SequenceKey):
+        return ["index", key.idx]
+    if isinstance(key, tu.FlattenedIndexKey):
+        return ["index", key.key]
+    return ["dict", str(key)]  # a node registered with keys of its own type
+
+
+def key_path(keys: Any) -> KeyPath:
+    """A path of ``jax.tree_util`` keys as :func:`save` records it (and :func:`read` returns it)."""
+    return tuple((kind, key) for kind, key in map(_step, keys))
+
+
 def save(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically.
+    """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically, each leaf with its path.
 
     Raises:
       TypeError: a leaf is not an array of numbers, or ``metadata`` is not JSON-able.
     """
     path = Path(path)
-    leaves, treedef = jax.tree.flatten(tree)
-    arrays = {f"leaf_{i:05d}": _to_host(x) for i, x in enumerate(leaves)}
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    arrays = {f"leaf_{i:05d}": _to_host(x) for i, (_, x) in enumerate(flat)}
     meta = {
         "format": FORMAT,
         "treedef": str(treedef),
         "leaves": [[list(a.shape), str(a.dtype)] for a in arrays.values()],
+        "paths": [[_step(k) for k in keys] for keys, _ in flat],
         "metadata": metadata or {},
     }
     arrays[META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
@@ -94,6 +129,20 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
       CheckpointError: the file is not a readable checkpoint.
     """
     return _load(Path(path), arrays=False)[1]["metadata"]
+
+
+def read(path: str | os.PathLike) -> tuple[list[np.ndarray], list[KeyPath] | None, dict[str, Any]]:
+    """A checkpoint without a template: its leaves in order, their paths (None if not recorded), its metadata.
+
+    Raises:
+      CheckpointError: the file is not a readable checkpoint.
+    """
+    arrays, meta = _load(Path(path))
+    leaves = [arrays[f"leaf_{i:05d}"] for i in range(len(arrays))]
+    paths = meta.get("paths")
+    if paths is not None:
+        paths = [tuple((kind, key) for kind, key in p) for p in paths]
+    return leaves, paths, meta["metadata"]
 
 
 _MEMBER = re.compile(r"(leaf_\d{5}|__meta__)\.npy")
@@ -188,7 +237,27 @@ def _check_meta(meta: Any) -> dict[str, Any]:
         raise ValueError("the description's leaves are not a list of [shape, dtype]")
     if not isinstance(meta.get("metadata"), dict):
         raise ValueError("the description has no metadata object")
+    if "paths" in meta:  # files written before paths were recorded have none
+        paths = meta["paths"]
+        if not isinstance(paths, list) or len(paths) != len(leaves) or not all(map(_is_path, paths)):
+            raise ValueError("the description's paths are not a list of [kind, key] steps per leaf")
     return meta
+
+
+def _is_path(path: Any) -> bool:
+    """Whether ``path`` is a leaf's path as :func:`save` records it."""
+
+    def step(x: Any) -> bool:
+        if not (isinstance(x, list) and len(x) == 2 and x[0] in PATH_KINDS):
+            return False
+        kind, key = x
+        if kind == "dict":
+            return isinstance(key, str) or type(key) is int
+        if kind == "attr":
+            return isinstance(key, str)
+        return type(key) is int and key >= 0
+
+    return isinstance(path, list) and all(map(step, path))
 
 
 def _check_leaves(arrays: dict[str, np.ndarray], leaves: list) -> dict[str, np.ndarray]:

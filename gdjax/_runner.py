@@ -1,7 +1,7 @@
 """The host driver: compiles the programs of :mod:`gdjax._program` once and runs them in chunks of epochs.
 
-:func:`run` takes one :class:`~gdjax._program.Layout` and its
-:class:`~gdjax._program.Inputs` (a fit, or one chunk of a sweep's members),
+:func:`run` takes one :class:`~gdjax._run.Layout` and its
+:class:`~gdjax._run.Inputs` (a fit, or one chunk of a sweep's members),
 makes the starting state, lets each :class:`Hook` replace it (a checkpoint
 restores), then calls the training program up to the next epoch that some
 hook or the history buffers ask to stop at, computes a :class:`Status` once
@@ -27,17 +27,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax._caches import BoundedCache
-from gdjax._program import (
-    EPOCH_FIELDS,
-    WINDOW_FIELDS,
-    Inputs,
-    Layout,
-    RunState,
-    active,
-    start_program,
-    train_program,
-)
-from gdjax._program import windows as _windows
+from gdjax._program import active, start_program, train_program
+from gdjax._run import EPOCH_FIELDS, WINDOW_FIELDS, Inputs, Layout, RunState
+from gdjax._run import windows as _windows
 from gdjax._types import PyTree
 
 

@@ -99,7 +99,11 @@ def optimizer_settings(optimizer: Any, params: Any) -> Any:
 def run_settings(
     kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator, key: jax.Array, trained: Any, **values: Any
 ) -> dict:
-    """The JSON-able description of a run that a checkpoint must match to be resumed (``trained``: the trained leaves)."""
+    """The JSON-able description of a run that a checkpoint must match to be resumed.
+
+    ``trained`` are the trained leaves of the params (a built optimizer is
+    recorded by the state it makes for them).
+    """
     return {
         "kind": kind,
         "loss_fn": describe(loss_fn),

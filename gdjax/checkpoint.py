@@ -18,7 +18,9 @@ template of the expected structure, checking that every leaf matches.
 ``sweep(..., checkpoint=DIR)`` use: it names files by epoch, keeps the newest
 few, skips damaged files and entries that are not regular files, and refuses
 a folder written by a different run configuration. :class:`FolderLock` keeps
-two runs out of one folder.
+two runs out of one folder. :func:`load` reads a run back from its folder
+without the code that trained it (each file records its leaves' paths and
+the run's layout).
 
 Example:
   >>> import tempfile, pathlib, jax.numpy as jnp
@@ -46,6 +48,7 @@ import jax
 import numpy as np
 
 from gdjax._digest import digest, function_digest
+from gdjax._load import ANY, Loaded, checkpoint_files, load, run_metadata
 from gdjax._lock import CheckpointInUseError, FolderLock
 from gdjax._npz import CheckpointError, CheckpointMismatchError, read_metadata, restore, save
 from gdjax._types import PyTree, x64_enabled
@@ -56,9 +59,11 @@ __all__ = [
     "CheckpointMismatchError",
     "Checkpointer",
     "FolderLock",
+    "Loaded",
     "digest",
     "environment",
     "function_digest",
+    "load",
     "read_metadata",
     "restore",
     "save",
@@ -172,17 +177,10 @@ class Checkpointer:
 
         Entries that are not regular files are left out.
         """
-        prefix = re.escape(self.prefix) if prefix is None else prefix
-        pattern = re.compile(prefix + r"epoch-(\d{8})\.npz")
-        try:
-            with os.scandir(self.folder) as entries:
-                found = [(int(m.group(1)), Path(e.path)) for e in entries if (m := pattern.fullmatch(e.name))]
-        except OSError:
-            return []
-        return sorted((epoch, path) for epoch, path in found if path.is_file() and not path.is_symlink())
+        return checkpoint_files(self.folder, re.escape(self.prefix) if prefix is None else prefix)
 
     #: A pattern for the prefix of any run's checkpoints: a fit's (none) or a sweep chunk's.
-    ANY = r"(?:chunk-\d{5}-)?"
+    ANY = ANY
 
     def check_folder(self) -> None:
         """Raise ValueError if the folder holds checkpoints of another configuration.
@@ -202,12 +200,8 @@ class Checkpointer:
                 self._check(path, meta)
                 break
 
-    @staticmethod
-    def _run_metadata(path: Path, epoch: int, meta: dict[str, Any]) -> dict[str, Any]:
-        """The metadata :meth:`save` wrote, checked (a CheckpointError, so damaged, where it is not)."""
-        if not isinstance(meta.get("settings"), dict) or type(meta.get("epoch")) is not int or meta["epoch"] != epoch:
-            raise CheckpointError(f"checkpoint {path} cannot be read (its run settings or epoch are missing or wrong).")
-        return meta
+    #: The metadata :meth:`save` wrote, checked (a CheckpointError, so damaged, where it is not).
+    _run_metadata = staticmethod(run_metadata)
 
     def _check(self, path: Path, meta: dict[str, Any]) -> None:
         theirs = meta["settings"]

@@ -24,7 +24,7 @@ import jax
 import optax
 
 from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate, _validate_eval, _validate_model
-from gdjax._program import Layout
+from gdjax._run import Layout
 from gdjax._types import PyTree
 from gdjax.checkpoint import holding
 from gdjax.data import DataIterator

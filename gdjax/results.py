@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from gdjax._history import histories
-from gdjax._program import Config, RunState
+from gdjax._run import Config, RunState
 from gdjax._types import PyTree
 from gdjax.data import DataIterator
 from gdjax.step import TrainState

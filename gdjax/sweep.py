@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from gdjax import _config, _hooks, _optimizer, _plan, _runner, _settings, _validate, _validate_eval, _validate_model
 from gdjax._digest import function_digest
-from gdjax._program import AXIS, Inputs, Layout
+from gdjax._run import AXIS, Inputs, Layout
 from gdjax._trainable import split
 from gdjax._types import PyTree
 from gdjax.checkpoint import Checkpointer, holding

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import gdjax as gd
-from gdjax import _config, _program
+from gdjax import _config, _run
 
 MODEL = _shared.LINEAR
 
@@ -15,9 +15,9 @@ MODEL = _shared.LINEAR
 @pytest.fixture
 def small_history(monkeypatch):
     """Programs that hold at most 8 epochs of history (7 steps an epoch, windows of 3), so runs drain segments."""
-    monkeypatch.setattr(_program, "HISTORY_BYTES", 8 * (8 + -(-8 * 7 // 3) + 1))
+    monkeypatch.setattr(_run, "HISTORY_BYTES", 8 * (8 + -(-8 * 7 // 3) + 1))
     gd.clear_caches()
-    assert _program.capacity(37, 7, 3, 1, 8) == 8
+    assert _run.capacity(37, 7, 3, 1, 8) == 8
     yield
     gd.clear_caches()  # no program built for the small capacity outlives the test
 
@@ -110,8 +110,8 @@ def test_a_long_sweep_stopped_by_tol_keeps_only_the_history_it_ran():
     cfg = _config.config(
         MODEL.loss, optax.sgd, p, it, epochs=10**6, log_every=1, has_aux=False, batched=False, members=64
     )
-    held = 64 * 8 * (cfg.epoch_capacity + _program.windows(cfg.epoch_capacity, it.num_batches, cfg.log_every))
-    assert held <= _program.HISTORY_BYTES
+    held = 64 * 8 * (cfg.epoch_capacity + _run.windows(cfg.epoch_capacity, it.num_batches, cfg.log_every))
+    assert held <= _run.HISTORY_BYTES
     tol = float(prob.min_loss) * 1.5
     sw = gd.sweep(MODEL.loss, p, optax.sgd, it, learning_rates=lrs, epochs=10**6, key=jax.random.key(2), tol=tol)
     assert sw.converged.all()

@@ -1,0 +1,276 @@
+"""gdjax.checkpoint.load: a run read back from its checkpoint folder without the code that trained it."""
+
+import collections
+import json
+import zipfile
+
+import _shared
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gdjax as gd
+from gdjax import checkpoint
+
+LINEAR = _shared.LINEAR
+MLP = gd.models.mlp((4,), task="binary")
+
+
+def _same_tree(a, b):
+    """Equal structure, and every leaf equal bit for bit (dtype included)."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(x, y)
+
+
+def _binary(n, seed):
+    data = gd.problems.classification(n, 2, 2, key=jax.random.key(seed)).data
+    return {"x": data["x"], "y": data["y"]}
+
+
+def _edit_meta(path, edit):
+    """Write ``path`` again with its JSON description edited (its arrays unchanged)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays.pop("__meta__")).decode())
+    edit(meta)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _sweep(folder, **kw):
+    prob = _shared.linear_problem(64, 3)
+    return gd.sweep(
+        LINEAR.loss,
+        LINEAR.init(None, 3),
+        optax.sgd,
+        gd.minibatch(prob.data, 16),
+        learning_rates=[0.01, 0.02, 0.05],
+        hyperparams={"momentum": 0.9},
+        epochs=4,
+        key=jax.random.key(2),
+        chunk_size=2,  # two chunks of two rows: the second holds one member and a padding copy of it
+        checkpoint=folder,
+        **kw,
+    )
+
+
+def _linear_fit(folder, epochs=4, **kw):
+    prob = _shared.linear_problem(64, 3)
+    return gd.fit(
+        LINEAR.loss,
+        LINEAR.init(None, 3),
+        optax.adam,
+        gd.minibatch(prob.data, 16),
+        epochs=epochs,
+        key=jax.random.key(1),
+        learning_rate=0.05,
+        checkpoint=folder,
+        checkpoint_every=1,
+        **kw,
+    )
+
+
+def test_a_fit_is_read_back_without_its_loss_optimizer_or_model(tmp_path):
+    params = MLP.init(jax.random.key(0), 2)  # a list of dicts
+    res = gd.fit(
+        MLP.loss,
+        params,
+        optax.adam,
+        gd.minibatch(_binary(96, 0), 32),
+        epochs=3,
+        key=jax.random.key(1),
+        learning_rate=0.05,
+        eval_data=_binary(40, 1),
+        metrics=MLP.metrics,
+        log_every=2,
+        checkpoint=tmp_path,
+    )
+    run = checkpoint.load(tmp_path)
+    assert run.kind == "fit" and run.epoch == 3 and run.first_epoch == 0 and run.members is None
+    assert isinstance(run.params, list) and [sorted(layer) for layer in run.params] == [["b", "w"], ["b", "w"]]
+    _same_tree(run.params, res.params)
+    _same_tree(run.state.params, res.state.params)
+    _same_tree(run.state.opt_state[0]["mu"], res.state.opt_state[0].mu)
+    _same_tree(run.state.opt_state[0]["nu"], res.state.opt_state[0].nu)
+    assert int(run.state.step) == res.num_steps == int(run.epochs) * 3
+    assert run.state.model_state is None
+    np.testing.assert_array_equal(run.history_epochs, [1, 2, 3])
+    assert list(run.history) == ["loss", "acc", "eval_loss", "eval_acc"]
+    np.testing.assert_array_equal(run.history["loss"], res.epoch_losses)
+    for name in res.history:  # evaluated every epoch: the per-epoch history is the result's
+        np.testing.assert_array_equal(run.history[name], res.history[name])
+    np.testing.assert_array_equal(run.losses, res.losses)
+    assert run.settings["kind"] == "fit" and run.environment["jax"] == jax.__version__
+    assert [p.name for p in run.files] == ["epoch-00000003.npz"]
+    _same_tree(checkpoint.load(tmp_path, like=params).params, res.params)  # the structure it started from
+
+
+def test_a_sweep_is_read_back_with_a_member_axis_padding_dropped(tmp_path):
+    sw = _sweep(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("chunk-*-epoch-00000004.npz")) == [
+        "chunk-00000-epoch-00000004.npz",
+        "chunk-00001-epoch-00000004.npz",
+    ]
+    run = checkpoint.load(tmp_path)
+    assert run.kind == "sweep" and run.epoch == 4
+    np.testing.assert_array_equal(run.members, [0, 1, 2])
+    np.testing.assert_array_equal(run.epochs, [4, 4, 4])
+    _same_tree(run.params, sw.params)  # (3, ...) per leaf: the padding row is gone
+    np.testing.assert_array_equal(run.state.step, sw.num_steps)
+    _same_tree(run.state.opt_state[0]["trace"], sw.state.opt_state[0].trace)  # momentum's, per member
+    np.testing.assert_array_equal(run.history["loss"], sw.epoch_losses)
+    np.testing.assert_array_equal(run.losses, sw.losses)
+    np.testing.assert_array_equal(run.history_epochs, [1, 2, 3, 4])
+    _same_tree(checkpoint.load(tmp_path, like=LINEAR.init(None, 3)).params, sw.params)
+
+
+def test_an_interrupted_sweep_reads_each_chunk_where_it_stopped(tmp_path, monkeypatch):
+    ref = _sweep(tmp_path / "ref")
+    save = checkpoint.Checkpointer.save
+
+    def killed_after_chunk_1_epoch_2(self, tree, epoch, extra=None):
+        out = save(self, tree, epoch, extra)
+        if self.prefix == "chunk-00001-" and epoch == 2:
+            raise KeyboardInterrupt  # the process dies here
+        return out
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", killed_after_chunk_1_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path / "run")
+    run = checkpoint.load(tmp_path / "run")
+    assert run.epoch == 4  # chunk 0 finished
+    np.testing.assert_array_equal(run.epochs, [4, 4, 2])
+    np.testing.assert_array_equal(run.history["loss"][:2], ref.epoch_losses[:2])
+    np.testing.assert_array_equal(run.history["loss"][2, :2], ref.epoch_losses[2, :2])
+    assert np.isnan(run.history["loss"][2, 2:]).all()  # not run yet
+    _same_tree(jax.tree.map(lambda x: x[:2], run.params), jax.tree.map(lambda x: x[:2], ref.params))
+    assert not np.array_equal(run.params["w"][2], ref.params["w"][2])  # member 2 at epoch 2, not 4
+
+
+def test_an_interrupted_fit_reads_its_latest_epoch(tmp_path, monkeypatch):
+    ref = _linear_fit(tmp_path / "ref")
+    save = checkpoint.Checkpointer.save
+
+    def killed_after_epoch_2(self, tree, epoch, extra=None):
+        out = save(self, tree, epoch, extra)
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _linear_fit(tmp_path / "run")
+    run = checkpoint.load(tmp_path / "run")
+    assert run.epoch == 2 and int(run.state.step) == 2 * 4
+    np.testing.assert_array_equal(run.history_epochs, [1, 2])
+    np.testing.assert_array_equal(run.history["loss"], ref.epoch_losses[:2])
+    np.testing.assert_array_equal(run.losses, ref.losses[:8])
+    monkeypatch.undo()
+    resumed = _linear_fit(tmp_path / "run")  # the state read is the one the run goes on from
+    assert resumed.resumed_from == 2
+    _same_tree(resumed.params, ref.params)
+
+
+def test_like_an_equinox_model_gives_back_the_model(tmp_path):
+    model = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
+
+    def loss(m, example):
+        return 0.5 * (m(example["x"])[0] - example["x"].sum()) ** 2
+
+    data = _binary(32, 2)
+    res = gd.fit(loss, model, optax.sgd, gd.minibatch(data, 16), epochs=2, key=jax.random.key(1), learning_rate=0.1)
+    gd.fit(
+        loss, model, optax.sgd, gd.minibatch(data, 16), epochs=2, key=jax.random.key(1), learning_rate=0.1,
+        checkpoint=tmp_path,
+    )  # fmt: skip
+    run = checkpoint.load(tmp_path, like=model)
+    assert isinstance(run.params, eqx.nn.MLP) and run.params.activation is model.activation
+    assert eqx.tree_equal(run.params, res.params) is True
+    plain = checkpoint.load(tmp_path).params  # without like: attribute names as keys, positions as lists
+    assert sorted(plain) == ["layers"] and sorted(plain["layers"][1]) == ["bias", "weight"]
+    np.testing.assert_array_equal(plain["layers"][1]["weight"], res.params.layers[1].weight)
+    with pytest.raises(ValueError, match=r"like= has 6 trained leaves .* the checkpoint holds 4"):
+        checkpoint.load(tmp_path, like=eqx.nn.MLP(2, 1, 4, 2, key=jax.random.key(0)))
+    with pytest.raises(ValueError, match=r"\.layers\[0\]\.weight is \[5, 2\]; the checkpoint holds \[4, 2\]"):
+        checkpoint.load(tmp_path, like=eqx.nn.MLP(2, 1, 5, 1, key=jax.random.key(0)))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_stays(tmp_path):
+    ref = _linear_fit(tmp_path, epochs=3)
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["epoch-00000002.npz", "epoch-00000003.npz"]
+    newest = tmp_path / "epoch-00000003.npz"
+    newest.write_bytes(newest.read_bytes()[:-1])
+    with pytest.warns(RuntimeWarning, match="epoch-00000003.npz is damaged and was skipped"):
+        run = checkpoint.load(tmp_path)
+    assert run.epoch == 2 and [p.name for p in run.files] == ["epoch-00000002.npz"]
+    np.testing.assert_array_equal(run.history["loss"], ref.epoch_losses[:2])
+    assert newest.exists()  # loading changes nothing in the folder
+    (tmp_path / "epoch-00000002.npz").write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="damaged"), pytest.raises(checkpoint.CheckpointError, match="damaged"):
+        checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(paths="leaf"),
+        lambda m: m.update(paths=m["paths"][:-1]),
+        lambda m: m["paths"][0].append(["key", "w"]),
+        lambda m: m["paths"][0].append(["index", -1]),
+        lambda m: m["paths"][0].append(["attr", 3]),
+        lambda m: m["paths"][0].append(["dict", 1.5]),
+        lambda m: m["metadata"]["run"].update(steps_per_epoch="4"),
+        lambda m: m["metadata"]["run"].update(columns=["loss", "extra"]),
+    ],
+)
+def test_odd_paths_or_run_layout_are_damage(tmp_path, edit):
+    _linear_fit(tmp_path, epochs=3)
+    _edit_meta(tmp_path / "epoch-00000003.npz", edit)
+    with pytest.warns(RuntimeWarning, match="epoch-00000003.npz is damaged"):
+        assert checkpoint.load(tmp_path).epoch == 2
+
+
+def test_missing_and_empty_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'.*nowhere' does not exist"):
+        checkpoint.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"'.*empty' holds no checkpoints"):
+        checkpoint.load(tmp_path / "empty")
+    with pytest.raises(ValueError, match="is a file"):
+        checkpoint.load(tmp_path / "empty" / "notes.txt")
+
+
+def test_paths_are_recorded_per_leaf_and_files_without_them_still_restore(tmp_path):
+    Pair = collections.namedtuple("Pair", "a b")
+    tree = {"x": [jnp.zeros(2), Pair(jnp.ones(()), jnp.arange(3))], "y": {7: jnp.ones(1)}}
+    checkpoint.save(tmp_path / "a.npz", tree)
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:
+        meta = json.loads(np.lib.format.read_array(z.open("__meta__.npy")).tobytes().decode())
+    assert meta["paths"] == [
+        [["dict", "x"], ["index", 0]],
+        [["dict", "x"], ["index", 1], ["attr", "a"]],
+        [["dict", "x"], ["index", 1], ["attr", "b"]],
+        [["dict", "y"], ["dict", 7]],
+    ]
+    _edit_meta(tmp_path / "a.npz", lambda m: m.pop("paths"))  # as written before paths were recorded
+    back, _ = checkpoint.restore(tmp_path / "a.npz", tree)
+    _same_tree(back, tree)
+
+
+def test_a_checkpoint_without_column_names_or_paths(tmp_path):
+    ref = _linear_fit(tmp_path, epochs=3)
+    _edit_meta(tmp_path / "epoch-00000003.npz", lambda m: m["metadata"]["run"].update(columns=None))
+    run = checkpoint.load(tmp_path)
+    assert list(run.history) == ["col0"]
+    np.testing.assert_array_equal(run.history["col0"], ref.epoch_losses)
+    for name in ("epoch-00000002.npz", "epoch-00000003.npz"):
+        _edit_meta(tmp_path / name, lambda m: m.pop("paths"))
+    with pytest.raises(ValueError, match="earlier gdjax"):
+        checkpoint.load(tmp_path)
