@@ -1,10 +1,10 @@
 """gdjax: gradient descent in JAX, simple, pure and fast."""
 
-from gdjax import models, problems
+from gdjax import checkpoint, models, problems
 from gdjax._caches import clear_caches
 from gdjax.data import Batch, DataIterator, IteratorState, full_batch, minibatch, stochastic
 from gdjax.fit import FitResult, fit
-from gdjax.step import TrainState, init, make_step
+from gdjax.step import TrainState, init, make_step, masked_mean
 from gdjax.sweep import SweepResult, seed_keys, sweep
 
 __version__ = "0.1.0"
@@ -27,11 +27,13 @@ __all__ = [
     "SweepResult",
     "TrainState",
     "__version__",
+    "checkpoint",
     "clear_caches",
     "fit",
     "full_batch",
     "init",
     "make_step",
+    "masked_mean",
     "minibatch",
     "models",
     "plot",

@@ -35,7 +35,7 @@ import optax
 from gdjax._types import PyTree
 from gdjax.data import Batch
 
-__all__ = ["TrainState", "batch_loss", "init", "make_step"]
+__all__ = ["TrainState", "batch_loss", "init", "make_step", "masked_mean"]
 
 
 class TrainState(NamedTuple):
@@ -92,7 +92,13 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     divided by ``scale``, the power of two at or above the count (exact), the
     sum divided by the count and multiplied back by ``scale``. So a mean of
     ones is exactly 1, and a sum that would overflow although the mean is
-    representable (1e34 per example over 1e5 examples) does not.
+    representable (1e34 per example over 1e5 examples) does not. Use it in a
+    ``batched=True`` loss to weight by ``batch.mask``.
+
+    Example:
+      >>> import jax.numpy as jnp, gdjax as gd
+      >>> float(gd.masked_mean(jnp.array([1.0, 3.0, 100.0]), jnp.array([True, True, False])))
+      2.0
     """
     acc = accumulation_dtype(values.dtype)
     count = jnp.maximum(jnp.sum(mask, dtype=jnp.int32), 1).astype(acc)

@@ -28,6 +28,7 @@ EXPECTED = {
     "bench_fit": ["vs gdjax.fit", "gdjax vs expert:", "python loop vs gdjax:", "permutation / epoch_indices:"],
     "bench_sweep_others": ["vs gd.sweep", "(d) stochastic gd.sweep / expert b=1"],
     "bench_large_sweep": ["% of big matmul", "of the big-matmul rate", "gd.sweep / expert =", "eval_every=0 reaches"],
+    "bench_model": ["vs plain", "ratios: static leaves / plain", "same trajectory"],
     "bench_eval": [
         "vs eval_every=0, no eval data",
         "(a) no eval data: default / eval_every=0",

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import shutil
 import zipfile
 
 import _shared
@@ -16,7 +17,6 @@ import gdjax as gd
 from gdjax import checkpoint
 
 LINEAR = _shared.LINEAR
-MLP = gd.models.mlp((4,), task="binary")
 
 
 def _same_tree(a, b):
@@ -60,44 +60,98 @@ def _sweep(folder, **kw):
     )
 
 
-def _linear_fit(folder, epochs=4, **kw):
+def _linear_fit(folder):
     prob = _shared.linear_problem(64, 3)
     return gd.fit(
         LINEAR.loss,
         LINEAR.init(None, 3),
         optax.adam,
         gd.minibatch(prob.data, 16),
-        epochs=epochs,
+        epochs=4,
         key=jax.random.key(1),
         learning_rate=0.05,
         checkpoint=folder,
-        checkpoint_every=1,
-        **kw,
+        checkpoint_every=1,  # the newest two are kept: epochs 3 and 4
     )
 
 
-def test_a_fit_is_read_back_without_its_loss_optimizer_or_model(tmp_path):
-    params = MLP.init(jax.random.key(0), 2)  # a list of dicts
+def _killed_after(monkeypatch, prefix, epoch):
+    """Make the run die (KeyboardInterrupt) right after checkpoint ``prefix`` of ``epoch`` is written."""
+    save = checkpoint.Checkpointer.save
+
+    def killed(self, tree, at, extra=None):
+        out = save(self, tree, at, extra)
+        if self.prefix == prefix and at == epoch:
+            raise KeyboardInterrupt  # the process dies here
+        return out
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", killed)
+
+
+@pytest.fixture(scope="module")
+def linear_fit(tmp_path_factory):
+    """``(folder, result)`` of a finished fit of the linear model (read-only: copy the folder to change it)."""
+    folder = tmp_path_factory.mktemp("linear")
+    return folder, _linear_fit(folder)
+
+
+@pytest.fixture
+def linear_copy(linear_fit, tmp_path):
+    """A copy of ``linear_fit``'s folder to damage, and its result."""
+    folder, res = linear_fit
+    shutil.copytree(folder, tmp_path / "copy")
+    return tmp_path / "copy", res
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """``(folder, result)`` of a finished sweep of 3 members in two chunks of two rows."""
+    folder = tmp_path_factory.mktemp("sweep")
+    return folder, _sweep(folder)
+
+
+@pytest.fixture(scope="module")
+def eqx_fit(tmp_path_factory):
+    """``(folder, model, result)``: an ``eqx.nn.MLP`` trained with momentum, evaluation data and a metric."""
+    model = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
+
+    def loss(m, example):
+        return optax.sigmoid_binary_cross_entropy(m(example["x"])[0], example["y"].astype(jnp.float32))
+
+    def acc(m, example):
+        return ((m(example["x"])[0] > 0) == (example["y"] == 1)).astype(jnp.float32)
+
+    folder = tmp_path_factory.mktemp("eqx")
     res = gd.fit(
-        MLP.loss,
-        params,
-        optax.adam,
+        loss,
+        model,
+        optax.sgd,
         gd.minibatch(_binary(96, 0), 32),
         epochs=3,
         key=jax.random.key(1),
         learning_rate=0.05,
+        hyperparams={"momentum": 0.9},
         eval_data=_binary(40, 1),
-        metrics=MLP.metrics,
+        metrics={"acc": acc},
         log_every=2,
-        checkpoint=tmp_path,
+        checkpoint=folder,
     )
-    run = checkpoint.load(tmp_path)
+    return folder, model, res
+
+
+def test_a_fit_is_read_back_without_its_loss_optimizer_or_model(eqx_fit):
+    folder, _, res = eqx_fit
+    run = checkpoint.load(folder)
     assert run.kind == "fit" and run.epoch == 3 and run.first_epoch == 0 and run.members is None
-    assert isinstance(run.params, list) and [sorted(layer) for layer in run.params] == [["b", "w"], ["b", "w"]]
-    _same_tree(run.params, res.params)
-    _same_tree(run.state.params, res.state.params)
-    _same_tree(run.state.opt_state[0]["mu"], res.state.opt_state[0].mu)
-    _same_tree(run.state.opt_state[0]["nu"], res.state.opt_state[0].nu)
+    # without like: attribute names and dict keys as keys, positions as lists
+    assert sorted(run.params) == ["layers"] and [sorted(layer) for layer in run.params["layers"]] == [
+        ["bias", "weight"],
+        ["bias", "weight"],
+    ]
+    trained = {"layers": [{"bias": layer.bias, "weight": layer.weight} for layer in res.params.layers]}
+    _same_tree(run.params, trained)
+    _same_tree(run.state.params, trained)
+    _same_tree(run.state.opt_state[0]["trace"], _trace(res))
     assert int(run.state.step) == res.num_steps == int(run.epochs) * 3
     assert run.state.model_state is None
     np.testing.assert_array_equal(run.history_epochs, [1, 2, 3])
@@ -108,16 +162,42 @@ def test_a_fit_is_read_back_without_its_loss_optimizer_or_model(tmp_path):
     np.testing.assert_array_equal(run.losses, res.losses)
     assert run.settings["kind"] == "fit" and run.environment["jax"] == jax.__version__
     assert [p.name for p in run.files] == ["epoch-00000003.npz"]
-    _same_tree(checkpoint.load(tmp_path, like=params).params, res.params)  # the structure it started from
 
 
-def test_a_sweep_is_read_back_with_a_member_axis_padding_dropped(tmp_path):
-    sw = _sweep(tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("chunk-*-epoch-00000004.npz")) == [
+def _trace(res):
+    """The momentum of an Equinox model's run as nested dicts and lists."""
+    layers = res.state.opt_state[0].trace.layers
+    return {"layers": [{"bias": layer.bias, "weight": layer.weight} for layer in layers]}
+
+
+def test_like_an_equinox_model_gives_back_the_model(eqx_fit):
+    folder, model, res = eqx_fit
+    run = checkpoint.load(folder, like=model)
+    assert isinstance(run.params, eqx.nn.MLP) and run.params.activation is model.activation
+    assert bool(eqx.tree_equal(run.params, res.params))
+    _same_tree(run.params, res.params)
+    with pytest.raises(ValueError, match=r"like= has 6 trained leaves .* the checkpoint holds 4"):
+        checkpoint.load(folder, like=eqx.nn.MLP(2, 1, 4, 2, key=jax.random.key(0)))
+    with pytest.raises(ValueError, match=r"\.layers\[0\]\.weight is \[5, 2\]; the checkpoint holds \[4, 2\]"):
+        checkpoint.load(folder, like=eqx.nn.MLP(2, 1, 5, 1, key=jax.random.key(0)))
+
+
+def test_like_the_params_a_fit_started_from(linear_fit):
+    folder, res = linear_fit
+    run = checkpoint.load(folder, like=LINEAR.init(None, 3))
+    _same_tree(run.params, res.params)
+    _same_tree(run.state.opt_state[0]["mu"], res.state.opt_state[0].mu)
+    with pytest.raises(ValueError, match=r"\['w'\] is \[4\]; the checkpoint holds \[3\]"):
+        checkpoint.load(folder, like=LINEAR.init(None, 4))
+
+
+def test_a_sweep_is_read_back_with_a_member_axis_padding_dropped(swept):
+    folder, sw = swept
+    assert sorted(p.name for p in folder.glob("chunk-*-epoch-00000004.npz")) == [
         "chunk-00000-epoch-00000004.npz",
         "chunk-00001-epoch-00000004.npz",
     ]
-    run = checkpoint.load(tmp_path)
+    run = checkpoint.load(folder)
     assert run.kind == "sweep" and run.epoch == 4
     np.testing.assert_array_equal(run.members, [0, 1, 2])
     np.testing.assert_array_equal(run.epochs, [4, 4, 4])
@@ -127,23 +207,15 @@ def test_a_sweep_is_read_back_with_a_member_axis_padding_dropped(tmp_path):
     np.testing.assert_array_equal(run.history["loss"], sw.epoch_losses)
     np.testing.assert_array_equal(run.losses, sw.losses)
     np.testing.assert_array_equal(run.history_epochs, [1, 2, 3, 4])
-    _same_tree(checkpoint.load(tmp_path, like=LINEAR.init(None, 3)).params, sw.params)
+    _same_tree(checkpoint.load(folder, like=LINEAR.init(None, 3)).params, sw.params)
 
 
-def test_an_interrupted_sweep_reads_each_chunk_where_it_stopped(tmp_path, monkeypatch):
-    ref = _sweep(tmp_path / "ref")
-    save = checkpoint.Checkpointer.save
-
-    def killed_after_chunk_1_epoch_2(self, tree, epoch, extra=None):
-        out = save(self, tree, epoch, extra)
-        if self.prefix == "chunk-00001-" and epoch == 2:
-            raise KeyboardInterrupt  # the process dies here
-        return out
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", killed_after_chunk_1_epoch_2)
+def test_an_interrupted_sweep_reads_each_chunk_where_it_stopped(swept, tmp_path, monkeypatch):
+    _, ref = swept
+    _killed_after(monkeypatch, "chunk-00001-", 2)
     with pytest.raises(KeyboardInterrupt):
-        _sweep(tmp_path / "run")
-    run = checkpoint.load(tmp_path / "run")
+        _sweep(tmp_path)
+    run = checkpoint.load(tmp_path)
     assert run.epoch == 4  # chunk 0 finished
     np.testing.assert_array_equal(run.epochs, [4, 4, 2])
     np.testing.assert_array_equal(run.history["loss"][:2], ref.epoch_losses[:2])
@@ -153,67 +225,35 @@ def test_an_interrupted_sweep_reads_each_chunk_where_it_stopped(tmp_path, monkey
     assert not np.array_equal(run.params["w"][2], ref.params["w"][2])  # member 2 at epoch 2, not 4
 
 
-def test_an_interrupted_fit_reads_its_latest_epoch(tmp_path, monkeypatch):
-    ref = _linear_fit(tmp_path / "ref")
-    save = checkpoint.Checkpointer.save
-
-    def killed_after_epoch_2(self, tree, epoch, extra=None):
-        out = save(self, tree, epoch, extra)
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", killed_after_epoch_2)
+def test_an_interrupted_fit_reads_its_latest_epoch(linear_fit, tmp_path, monkeypatch):
+    _, ref = linear_fit
+    _killed_after(monkeypatch, "", 2)
     with pytest.raises(KeyboardInterrupt):
-        _linear_fit(tmp_path / "run")
-    run = checkpoint.load(tmp_path / "run")
+        _linear_fit(tmp_path)
+    run = checkpoint.load(tmp_path)
     assert run.epoch == 2 and int(run.state.step) == 2 * 4
     np.testing.assert_array_equal(run.history_epochs, [1, 2])
     np.testing.assert_array_equal(run.history["loss"], ref.epoch_losses[:2])
     np.testing.assert_array_equal(run.losses, ref.losses[:8])
     monkeypatch.undo()
-    resumed = _linear_fit(tmp_path / "run")  # the state read is the one the run goes on from
+    resumed = _linear_fit(tmp_path)  # the state read is the one the run goes on from
     assert resumed.resumed_from == 2
     _same_tree(resumed.params, ref.params)
 
 
-def test_like_an_equinox_model_gives_back_the_model(tmp_path):
-    model = eqx.nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
-
-    def loss(m, example):
-        return 0.5 * (m(example["x"])[0] - example["x"].sum()) ** 2
-
-    data = _binary(32, 2)
-    res = gd.fit(loss, model, optax.sgd, gd.minibatch(data, 16), epochs=2, key=jax.random.key(1), learning_rate=0.1)
-    gd.fit(
-        loss, model, optax.sgd, gd.minibatch(data, 16), epochs=2, key=jax.random.key(1), learning_rate=0.1,
-        checkpoint=tmp_path,
-    )  # fmt: skip
-    run = checkpoint.load(tmp_path, like=model)
-    assert isinstance(run.params, eqx.nn.MLP) and run.params.activation is model.activation
-    assert eqx.tree_equal(run.params, res.params) is True
-    plain = checkpoint.load(tmp_path).params  # without like: attribute names as keys, positions as lists
-    assert sorted(plain) == ["layers"] and sorted(plain["layers"][1]) == ["bias", "weight"]
-    np.testing.assert_array_equal(plain["layers"][1]["weight"], res.params.layers[1].weight)
-    with pytest.raises(ValueError, match=r"like= has 6 trained leaves .* the checkpoint holds 4"):
-        checkpoint.load(tmp_path, like=eqx.nn.MLP(2, 1, 4, 2, key=jax.random.key(0)))
-    with pytest.raises(ValueError, match=r"\.layers\[0\]\.weight is \[5, 2\]; the checkpoint holds \[4, 2\]"):
-        checkpoint.load(tmp_path, like=eqx.nn.MLP(2, 1, 5, 1, key=jax.random.key(0)))
-
-
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_stays(tmp_path):
-    ref = _linear_fit(tmp_path, epochs=3)
-    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["epoch-00000002.npz", "epoch-00000003.npz"]
-    newest = tmp_path / "epoch-00000003.npz"
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_stays(linear_copy):
+    folder, ref = linear_copy
+    assert sorted(p.name for p in folder.glob("*.npz")) == ["epoch-00000003.npz", "epoch-00000004.npz"]
+    newest = folder / "epoch-00000004.npz"
     newest.write_bytes(newest.read_bytes()[:-1])
-    with pytest.warns(RuntimeWarning, match="epoch-00000003.npz is damaged and was skipped"):
-        run = checkpoint.load(tmp_path)
-    assert run.epoch == 2 and [p.name for p in run.files] == ["epoch-00000002.npz"]
-    np.testing.assert_array_equal(run.history["loss"], ref.epoch_losses[:2])
+    with pytest.warns(RuntimeWarning, match="epoch-00000004.npz is damaged and was skipped"):
+        run = checkpoint.load(folder)
+    assert run.epoch == 3 and [p.name for p in run.files] == ["epoch-00000003.npz"]
+    np.testing.assert_array_equal(run.history["loss"], ref.epoch_losses[:3])
     assert newest.exists()  # loading changes nothing in the folder
-    (tmp_path / "epoch-00000002.npz").write_bytes(b"not a checkpoint")
+    (folder / "epoch-00000003.npz").write_bytes(b"not a checkpoint")
     with pytest.warns(RuntimeWarning, match="damaged"), pytest.raises(checkpoint.CheckpointError, match="damaged"):
-        checkpoint.load(tmp_path)
+        checkpoint.load(folder)
 
 
 @pytest.mark.parametrize(
@@ -229,11 +269,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_stays(tmp_
         lambda m: m["metadata"]["run"].update(columns=["loss", "extra"]),
     ],
 )
-def test_odd_paths_or_run_layout_are_damage(tmp_path, edit):
-    _linear_fit(tmp_path, epochs=3)
-    _edit_meta(tmp_path / "epoch-00000003.npz", edit)
-    with pytest.warns(RuntimeWarning, match="epoch-00000003.npz is damaged"):
-        assert checkpoint.load(tmp_path).epoch == 2
+def test_odd_paths_or_run_layout_are_damage(linear_copy, edit):
+    folder, _ = linear_copy
+    _edit_meta(folder / "epoch-00000004.npz", edit)
+    with pytest.warns(RuntimeWarning, match="epoch-00000004.npz is damaged"):
+        assert checkpoint.load(folder).epoch == 3
+    with pytest.raises(checkpoint.CheckpointError):  # restore, with a template, refuses odd paths too
+        checkpoint.read_metadata(folder / "epoch-00000004.npz")
 
 
 def test_missing_and_empty_folders_are_named(tmp_path):
@@ -264,13 +306,13 @@ def test_paths_are_recorded_per_leaf_and_files_without_them_still_restore(tmp_pa
     _same_tree(back, tree)
 
 
-def test_a_checkpoint_without_column_names_or_paths(tmp_path):
-    ref = _linear_fit(tmp_path, epochs=3)
-    _edit_meta(tmp_path / "epoch-00000003.npz", lambda m: m["metadata"]["run"].update(columns=None))
-    run = checkpoint.load(tmp_path)
+def test_a_checkpoint_without_column_names_or_paths(linear_copy):
+    folder, ref = linear_copy
+    _edit_meta(folder / "epoch-00000004.npz", lambda m: m["metadata"]["run"].update(columns=None))
+    run = checkpoint.load(folder)
     assert list(run.history) == ["col0"]
     np.testing.assert_array_equal(run.history["col0"], ref.epoch_losses)
-    for name in ("epoch-00000002.npz", "epoch-00000003.npz"):
-        _edit_meta(tmp_path / name, lambda m: m.pop("paths"))
+    for name in ("epoch-00000003.npz", "epoch-00000004.npz"):
+        _edit_meta(folder / name, lambda m: m.pop("paths"))
     with pytest.raises(ValueError, match="earlier gdjax"):
-        checkpoint.load(tmp_path)
+        checkpoint.load(folder)

@@ -57,7 +57,7 @@ def make_mlp(key):
 def test_equinox_module_trains_and_comes_back_whole(blobs):
     mlp = make_mlp(jax.random.key(1))
     it = gd.minibatch(blobs, 16)
-    res = gd.fit(eqx_loss, mlp, optax.adam, it, epochs=5, key=jax.random.key(2), learning_rate=3e-2)
+    res = gd.fit(eqx_loss, mlp, optax.adam, it, epochs=4, key=jax.random.key(2), learning_rate=3e-2)
     assert isinstance(res.params, eqx.nn.MLP)
     # the static leaves are the originals (the functions themselves), the arrays trained
     assert res.params.activation is jax.nn.tanh
@@ -75,7 +75,7 @@ def test_equinox_module_trains_and_comes_back_whole(blobs):
         arrays,
         optax.adam,
         it,
-        epochs=5,
+        epochs=4,
         key=jax.random.key(2),
         learning_rate=3e-2,
     )
