@@ -26,7 +26,7 @@ What this example teaches:
   ``sw.member_params(k, best=True)`` is member ``k`` as a whole
   ``eqx.nn.MLP`` again.
 * Picking by the held-out split that also reports the score flatters it a
-  little; :mod:`examples.model_selection` separates validation and test.
+  little; ``examples/model_selection.py`` keeps validation and test apart.
 
 The data are scikit-learn's 8x8 digits (1797 images, 64 features divided by
 16), split by a stratified 80/20 train/test split with a fixed seed. The

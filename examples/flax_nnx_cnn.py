@@ -24,7 +24,10 @@ What this example teaches:
   escapes its trace, and flax raises ``TraceContextError`` under ``grad``).
   ``nnx.split`` must leave nothing else (no RNG streams): Dropout takes its
   key at call time here (``rngs=None`` at construction), so one ``graphdef``
-  serves training and inference.
+  serves training and inference. Pass gdjax the pieces, not the module:
+  NNX modules are pytrees, so ``gd.fit`` accepts one as it is, but then
+  every float array is a parameter, the batch statistics included, and
+  BatchNorm's in-place update is not carried from step to step (no error).
 * ``with_key=True`` passes the loss each step's PRNG key (for dropout);
   where gdjax evaluates (the full-data loss, ``eval_data``) the key is
   None, which the loss reads as inference mode: running batch statistics,
@@ -281,8 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         print(f"  epoch {int(epoch):>2}: train loss {loss:.4f}  test loss {eval_loss:.4f}  test acc {acc:.4f}")
     print(
-        f"test accuracy of the merged-back model: {test_acc:.4f} (gdjax's eval_acc {res.final_metrics['eval_acc']:.4f}); "
-        f"batch statistics moved from their start: {changed}"
+        f"test accuracy of the merged-back model: {test_acc:.4f} (gdjax's eval_acc "
+        f"{res.final_metrics['eval_acc']:.4f}); batch statistics moved from their start: {changed}"
     )
     out = {
         "test_accuracy": test_acc,

@@ -37,8 +37,9 @@ are printed, with the total number of steps the factories were given and
 the schedule's rate at the last step (its end value).
 
 Run it with ``python examples/schedule_sweep.py`` (``--help`` for options;
-needs scikit-learn, which the dev extra installs). It takes about 10
-seconds on 2 CPU cores, most of them compiling the two sweeps.
+needs scikit-learn, which the dev extra installs). It takes about 20
+seconds on 2 CPU cores, nearly all of it compiling the two sweeps (one
+program each; running them takes a fraction of a second).
 """
 
 from __future__ import annotations
@@ -179,9 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in sweeps:
             r = out[name]
             cells += (
-                f"{'diverged':>22}"
-                if r["diverged"][m]
-                else f"{r['val_loss'][m]:>12.4f}{r['val_accuracy'][m]:>10.4f}"
+                f"{'diverged':>22}" if r["diverged"][m] else f"{r['val_loss'][m]:>12.4f}{r['val_accuracy'][m]:>10.4f}"
             )
         print(f"{peak:>8.3g}{cells}")
     for name, label in (("warmup_cosine", "warmup-cosine"), ("onecycle", "one-cycle")):

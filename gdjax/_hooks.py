@@ -80,9 +80,9 @@ class CheckpointHook(Hook):
         if status.epochs_done % self.ckpt.every == 0 or status.finished:
             run_layout = {
                 "columns": self.columns,
-                "log_every": history.log_every,
-                "steps_per_epoch": history.steps,
-                "members": status.members,
+                "log_every": int(history.log_every),
+                "steps_per_epoch": int(history.steps),
+                "members": int(status.members),
                 "chunk": self.chunk,
             }
             extra = {"history": history.layout(), "run": run_layout}

@@ -316,7 +316,8 @@ def _site(exc: Exception) -> _Site | None:
         if not inside:
             return None
         schedules = [f for f, _ in inside if "schedule" in os.path.basename(f.f_code.co_filename)]
-        function, params = "", ()
+        function = ""
+        params: tuple[str, ...] = ()
         for frame in schedules:
             found = _traced_parameters(frame)
             if found:

@@ -67,7 +67,8 @@ class Static:
 
     def __init__(self, tree: PyTree) -> None:
         self.tree = tree
-        leaves, self._treedef = jax.tree.flatten(tree)
+        leaves, treedef = jax.tree.flatten(tree)
+        self._treedef: Any = treedef
         self._keys = tuple(_leaf_key(x) for x in leaves)
 
     def __eq__(self, other: object) -> bool:

@@ -50,6 +50,11 @@ def start(params: Any, model_state: Any, steps_per_epoch: int, *, name: str = "p
         state given twice, or a state whose step count is not a whole number
         of epochs of this data.
     """
+    if params is None:
+        raise ValueError(
+            f"{name} is None: pass the initial parameters (or, in gd.sweep, init=your_init with seeds=[...] to "
+            f"initialise each member from its seed)."
+        )
     if isinstance(params, TrainState):
         return _continuing(params, model_state, steps_per_epoch, name=name, members=members)
     if callable(params) and not any(is_trained(x) for x in jax.tree.leaves(params)):
@@ -123,7 +128,8 @@ def check_opt_state(build: Callable[[], Any], start: Start, *, name: str = "para
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(one(x)), x.dtype), start.init.params)
     want = jax.eval_shape(lambda p: build().init(p), params)
     got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(one(x)), jnp.result_type(x)), start.init.opt_state)
-    if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+    structure: Any = jax.tree.structure(want)
+    if structure != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
         raise ValueError(
             f"{name}.opt_state does not fit this optimizer: it was made by another optimizer (or for other "
             f"parameters). The optimizer makes {_shapes(want)}; the state holds {_shapes(got)}. Continue with the "

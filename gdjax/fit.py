@@ -76,7 +76,10 @@ def fit(
         optimizer state, step count and model state, numbering epochs on
         from its step count, so ``fit(5 epochs)`` then ``fit(res.state, 5
         more)`` gives the bits of ``fit(10 epochs)`` (``epochs`` counts the
-        epochs to add; the monitor of early stopping starts afresh).
+        epochs to add; the monitor of early stopping starts afresh; an
+        optimizer factory that takes ``total_steps`` is given the total of
+        the whole run, so the first part must bind its own by hand with
+        ``functools.partial`` to follow the same schedule).
       optimizer: an optax ``GradientTransformation`` (``optax.adam(1e-3)``),
         or a factory (``optax.adam``) whose values come from
         ``learning_rate`` and ``hyperparams``. The factory form traces those
@@ -105,7 +108,8 @@ def fit(
         files are skipped for the one before); a folder holding another
         configuration (or loss function) is refused, and one run at a time
         holds a folder (a lock, see :class:`gdjax.checkpoint.FolderLock`).
-        Only ``epochs`` may differ: a larger value extends the run. With a
+        Only ``epochs`` may differ: a larger value extends the run (unless
+        the factory takes ``total_steps``: its schedule would change). With a
         built optimizer the checkpoint records its state's structure,
         shapes and dtypes, not its values.
         :func:`gdjax.checkpoint.load` reads a folder without training code.

@@ -223,7 +223,7 @@ class LossForm(NamedTuple):
 
 def _check_model_state(new: Any, old: Any) -> None:
     """Raise TypeError unless ``new`` has the structure, shapes and dtypes of ``old`` (works on tracers)."""
-    new_def = jax.tree.structure(new)
+    new_def: Any = jax.tree.structure(new)
     old_leaves, old_def = jax.tree.flatten(old)
     problem = None
     if new_def != old_def:
@@ -356,7 +356,7 @@ def make_step(
                 "this step was made with stateful=True, but state.model_state is None: make the state with "
                 "gd.init(params, optimizer, model_state)."
             )
-        step_key = jax.random.fold_in(key, state.step) if with_key else None
+        step_key = jax.random.fold_in(key, state.step) if with_key and key is not None else None
         grad = jax.value_and_grad(objective, has_aux=True)
         (loss, (aux, model_state)), grads = grad(state.params, batch, step_key, state.model_state)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

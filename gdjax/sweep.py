@@ -8,7 +8,11 @@ is gathered once for all members and the comparison is controlled.
 Contract:
 
 * member ``k`` gives the result of ``fit`` with its hyperparameters (and,
-  with seeds, the keys from :func:`seed_keys`), to float tolerance;
+  with seeds, the keys from :func:`seed_keys`) to float tolerance while the
+  run is stable (rounding differences grow where it is not: at the edge of
+  stability, or diverging); its bits depend on its own values and the
+  number of rows of the program (members or ``chunk_size``, rounded up to
+  the device count), not on its position or the other members;
 * new values, a new key or new seeds with the same shapes reuse the compiled
   program; with ``chunk_size`` so does a new number of members;
 * a member whose loss or parameters become non-finite is frozen at its last
@@ -203,9 +207,10 @@ def sweep(
         A factory with a ``total_steps`` (or ``num_steps``) parameter gets
         the run's total number of steps, so a schedule's peak can be swept:
         ``lambda learning_rate, total_steps: optax.sgd(
-        optax.warmup_cosine_decay_schedule(0.0, learning_rate, 100,
-        total_steps))``. Where optax needs the value in Python (a clear
-        error says so), scale a schedule of peak 1 by the learning rate.
+        optax.cosine_onecycle_schedule(total_steps, learning_rate))``.
+        Where optax needs the value in Python (warmup-cosine and SGDR test
+        their peak; a clear error says so), scale a schedule of peak 1 by
+        the learning rate (``examples/schedule_sweep.py``).
       data: a :class:`gdjax.DataIterator`.
       learning_rates: 1-D array of learning rates.
       hyperparams: name -> 1-D array (swept) or number (fixed), passed to

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import gdjax as gd
-from gdjax import checkpoint
+from gdjax import _load, checkpoint
 
 LINEAR = _shared.LINEAR
 
@@ -60,7 +60,7 @@ def _sweep(folder, **kw):
     )
 
 
-def _linear_fit(folder):
+def _linear_fit(folder, learning_rate=0.05):
     prob = _shared.linear_problem(64, 3)
     return gd.fit(
         LINEAR.loss,
@@ -69,7 +69,7 @@ def _linear_fit(folder):
         gd.minibatch(prob.data, 16),
         epochs=4,
         key=jax.random.key(1),
-        learning_rate=0.05,
+        learning_rate=learning_rate,
         checkpoint=folder,
         checkpoint_every=1,  # the newest two are kept: epochs 3 and 4
     )
@@ -176,10 +176,11 @@ def test_like_an_equinox_model_gives_back_the_model(eqx_fit):
     assert isinstance(run.params, eqx.nn.MLP) and run.params.activation is model.activation
     assert bool(eqx.tree_equal(run.params, res.params))
     _same_tree(run.params, res.params)
-    with pytest.raises(ValueError, match=r"like= has 6 trained leaves .* the checkpoint holds 4"):
-        checkpoint.load(folder, like=eqx.nn.MLP(2, 1, 4, 2, key=jax.random.key(0)))
+    with pytest.raises(ValueError, match=r"like= has 2 trained leaves .* the checkpoint holds 4"):
+        checkpoint.load(folder, like=model.layers[0])
+    wider = eqx.tree_at(lambda m: m.layers[0].weight, model, jnp.zeros((5, 2)))
     with pytest.raises(ValueError, match=r"\.layers\[0\]\.weight is \[5, 2\]; the checkpoint holds \[4, 2\]"):
-        checkpoint.load(folder, like=eqx.nn.MLP(2, 1, 5, 1, key=jax.random.key(0)))
+        checkpoint.load(folder, like=wider)
 
 
 def test_like_the_params_a_fit_started_from(linear_fit):
@@ -241,6 +242,28 @@ def test_an_interrupted_fit_reads_its_latest_epoch(linear_fit, tmp_path, monkeyp
     _same_tree(resumed.params, ref.params)
 
 
+def test_a_diverged_run_reads_its_losses_up_to_the_rejected_step(tmp_path):
+    res = _linear_fit(tmp_path, learning_rate=1e25)  # the same program as linear_fit's: one more run, no compile
+    assert res.diverged and res.num_epochs < 4
+    run = checkpoint.load(tmp_path)
+    assert run.epoch == res.num_epochs
+    np.testing.assert_array_equal(run.losses, res.losses)  # NaN after the rejected step, as the result's
+    np.testing.assert_array_equal(run.history["loss"], res.epoch_losses)
+    _same_tree(run.params, res.params)
+
+
+def test_chunks_of_different_structures_are_refused(swept, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(swept[0], folder)
+
+    def renamed(meta):  # chunk 1 holds params {"b", "v"}, chunk 0 {"b", "w"}
+        meta["paths"] = [[["dict", "v"] if step == ["dict", "w"] else step for step in p] for p in meta["paths"]]
+
+    _edit_meta(folder / "chunk-00001-epoch-00000004.npz", renamed)
+    with pytest.raises(ValueError, match="not of one run"):
+        checkpoint.load(folder)
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_stays(linear_copy):
     folder, ref = linear_copy
     assert sorted(p.name for p in folder.glob("*.npz")) == ["epoch-00000003.npz", "epoch-00000004.npz"]
@@ -256,26 +279,31 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_and_stays(line
         checkpoint.load(folder)
 
 
-@pytest.mark.parametrize(
-    "edit",
-    [
-        lambda m: m.update(paths="leaf"),
-        lambda m: m.update(paths=m["paths"][:-1]),
-        lambda m: m["paths"][0].append(["key", "w"]),
-        lambda m: m["paths"][0].append(["index", -1]),
-        lambda m: m["paths"][0].append(["attr", 3]),
-        lambda m: m["paths"][0].append(["dict", 1.5]),
-        lambda m: m["metadata"]["run"].update(steps_per_epoch="4"),
-        lambda m: m["metadata"]["run"].update(columns=["loss", "extra"]),
-    ],
-)
+ODD_PATHS = {
+    "not_a_list": lambda m: m.update(paths="leaf"),
+    "one_short": lambda m: m.update(paths=m["paths"][:-1]),
+    "unknown_kind": lambda m: m["paths"][0].append(["key", "w"]),
+    "negative_index": lambda m: m["paths"][0].append(["index", -1]),
+    "attribute_not_a_name": lambda m: m["paths"][0].append(["attr", 3]),
+    "dict_key_a_float": lambda m: m["paths"][0].append(["dict", 1.5]),
+}
+ODD_RUN_LAYOUT = {
+    "no_run_layout_values": lambda m: m["metadata"]["run"].update(steps_per_epoch="4"),
+    "column_names_of_another_width": lambda m: m["metadata"]["run"].update(columns=["loss", "extra"]),
+    "another_chunk": lambda m: m["metadata"]["run"].update(chunk=1),
+    "history_of_another_base": lambda m: m["metadata"]["history"].update(base=1),
+}
+
+
+@pytest.mark.parametrize("edit", [*ODD_PATHS, *ODD_RUN_LAYOUT])
 def test_odd_paths_or_run_layout_are_damage(linear_copy, edit):
     folder, _ = linear_copy
-    _edit_meta(folder / "epoch-00000004.npz", edit)
+    _edit_meta(folder / "epoch-00000004.npz", {**ODD_PATHS, **ODD_RUN_LAYOUT}[edit])
     with pytest.warns(RuntimeWarning, match="epoch-00000004.npz is damaged"):
         assert checkpoint.load(folder).epoch == 3
-    with pytest.raises(checkpoint.CheckpointError):  # restore, with a template, refuses odd paths too
-        checkpoint.read_metadata(folder / "epoch-00000004.npz")
+    if edit in ODD_PATHS:  # the file format itself refuses them, whoever reads
+        with pytest.raises(checkpoint.CheckpointError, match="paths"):
+            checkpoint.read_metadata(folder / "epoch-00000004.npz")
 
 
 def test_missing_and_empty_folders_are_named(tmp_path):
@@ -316,3 +344,16 @@ def test_a_checkpoint_without_column_names_or_paths(linear_copy):
         _edit_meta(folder / name, lambda m: m.pop("paths"))
     with pytest.raises(ValueError, match="earlier gdjax"):
         checkpoint.load(folder)
+
+
+def test_paths_become_nested_dicts_and_lists_and_repeated_names_one_array():
+    a, b, c = np.zeros(1), np.ones(2), np.full(3, 2.0)
+    leaves = [((("index", 0), ("attr", "w")), a), ((("index", 2),), b), ((("index", 3), ("dict", 5)), c)]
+    built = _load._build(leaves)  # position 1 held no arrays (a None, or an empty node)
+    assert built == [{"w": a}, None, b, {5: c}]
+    assert _load._build([((), a)]) is a and _load._build([]) is None
+    rows = np.arange(12.0).reshape(2, 6)  # (epochs, columns): an aux output of three values is one name
+    split = _load._split(["loss", "aux/x", "aux/x", "aux/x", "eval_loss", "eval_loss2"], rows)
+    assert list(split) == ["loss", "aux/x", "eval_loss", "eval_loss2"]
+    np.testing.assert_array_equal(split["aux/x"], [[1, 2, 3], [7, 8, 9]])
+    np.testing.assert_array_equal(split["eval_loss"], [4, 10])

@@ -93,3 +93,13 @@ def test_model_selection(capsys):
     assert 1 <= sel["epoch"] < 100 and other["epoch"] == 100
     text = capsys.readouterr().out
     assert "validation pick (*)" in text and "training-loss pick" in text and "best (*)" in text
+
+
+def test_schedule_sweep():
+    out = _load("schedule_sweep").main([])
+    assert out["given"] == {"warmup_cosine": [out["total_steps"]], "onecycle": [out["total_steps"]]}
+    assert out["hyperparams"].keys() == {"learning_rate"}  # total_steps is given, not swept
+    for name in ("warmup_cosine", "onecycle"):
+        assert out[name]["best_val_accuracy"] > 0.9
+    np.testing.assert_allclose(out["last_rate"], out["end_rate"], rtol=0.01)  # the schedule ends at its end value
+    assert "peak 1" in out["direct_error"] and "learning_rate" in out["direct_error"]

@@ -1,7 +1,9 @@
 """Models of other libraries trained by gdjax: Equinox modules, Flax NNX (split/merge) and Flax linen (variables).
 
-The fast tests use small models on small data; the examples (``examples/equinox_mlp.py``,
-``examples/flax_nnx_cnn.py``) run with their defaults in the slow lane.
+Every test uses small models on 50 examples, except the examples (``examples/equinox_mlp.py``,
+``examples/flax_nnx_cnn.py``), which run with their defaults. Each compiled run costs a few seconds of
+compilation, so the fast lane keeps three: an Equinox module against its hand-partitioned arrays, and the
+model state of an NNX model; the rest is marked slow.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def test_equinox_module_trains_and_comes_back_whole(blobs):
     assert np.array_equal(res.epoch_losses, by_hand.epoch_losses)
 
 
+@pytest.mark.slow  # a sweep, then a fit per member: seconds of compiling
 def test_sweep_with_init_and_seeds_matches_fit_per_member(blobs):
     it = gd.minibatch(blobs, 16)
     key = jax.random.key(3)
@@ -99,15 +102,16 @@ def test_sweep_with_init_and_seeds_matches_fit_per_member(blobs):
         init_key, order_key = gd.seed_keys(key, int(sw.seeds[k]))
         lr = float(sw.hyperparams["learning_rate"][k])
         res = gd.fit(eqx_loss, make_mlp(init_key), optax.adam, it, epochs=4, key=order_key, learning_rate=lr)
-        for a, b in zip(jax.tree.leaves(eqx.filter(member, eqx.is_inexact_array)), jax.tree.leaves(
-            eqx.filter(res.params, eqx.is_inexact_array)
-        ), strict=True):
+        trained = eqx.filter(res.params, eqx.is_inexact_array)
+        for a, b in zip(
+            jax.tree.leaves(eqx.filter(member, eqx.is_inexact_array)), jax.tree.leaves(trained), strict=True
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(sw.final_loss[k], res.final_loss, rtol=1e-5)
-    # the seeds gave the members their own initialisations
-    first = [k for k in range(4) if sw.seeds[k] == 0][0]
-    other = [k for k in range(4) if sw.seeds[k] == 5 and sw.hyperparams["learning_rate"][k] == sw.hyperparams[
-        "learning_rate"][first]][0]
+    # the seeds gave the members their own initialisations: the same learning rate, two seeds
+    lrs = sw.hyperparams["learning_rate"]
+    first = next(k for k in range(4) if sw.seeds[k] == 0)
+    other = next(k for k in range(4) if sw.seeds[k] == 5 and lrs[k] == lrs[first])
     assert not np.allclose(members[first].layers[0].weight, members[other].layers[0].weight)
 
 
@@ -157,6 +161,7 @@ def _nnx_functions(graphdef):
     return loss_fn, always_training, acc_fn
 
 
+@pytest.mark.slow  # two compiled runs
 def test_with_key_changes_nothing_when_the_loss_ignores_the_key(blobs):
     graphdef, params, stats = _nnx_parts(dropout=0.0)
     _, always_training, _ = _nnx_functions(graphdef)
@@ -207,14 +212,13 @@ def test_model_state_is_carried_and_evaluation_leaves_it_alone(blobs):
     assert abs(with_initial - float(by_hand)) > 1e-3
 
 
+@pytest.mark.slow  # a compiled run and a jitted step
 def test_model_state_matches_a_hand_written_loop(blobs):
     """The state is carried from step to step, and an evaluation (whose loss returns new statistics) never keeps its."""
     graphdef, params, stats = _nnx_parts(dropout=0.0)
     _, always_training, _ = _nnx_functions(graphdef)
     it, key, epochs = gd.minibatch(blobs, 16), jax.random.key(6), 2
-    res = gd.fit(
-        always_training, params, optax.adam(1e-2), it, epochs=epochs, key=key, batched=True, model_state=stats
-    )
+    res = gd.fit(always_training, params, optax.adam(1e-2), it, epochs=epochs, key=key, batched=True, model_state=stats)
     opt = optax.adam(1e-2)
     step = jax.jit(gd.make_step(always_training, opt, batched=True, stateful=True))
     state = gd.init(params, opt, stats)
@@ -239,6 +243,7 @@ class LinenNet(nn.Module):
         return nn.Dense(3)(x)
 
 
+@pytest.mark.slow  # one more compiled run; the NNX tests cover the model state in the fast lane
 def test_flax_linen_trains_with_params_and_model_state(blobs):
     model = LinenNet()
     variables = model.init(jax.random.key(7), jnp.zeros((1, 4)), train=False)
@@ -302,7 +307,7 @@ def test_with_key_needs_a_loss_that_takes_key(blobs):
     def loss_fn(params, example):
         return jnp.sum((params["w"] * example["x"]) ** 2)
 
-    with pytest.raises(TypeError, match="key"):
+    with pytest.raises(TypeError, match="cannot take key="):
         gd.fit(
             loss_fn,
             {"w": jnp.ones(4)},

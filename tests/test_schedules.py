@@ -141,7 +141,9 @@ def test_a_step_count_in_hyperparams_is_refused(name, run, compiles):
         if run == "fit":
             gd.fit(MODEL.loss, P0, factory, IT, epochs=3, learning_rate=0.1, hyperparams={name: 20}, **KW)
         else:
-            gd.sweep(MODEL.loss, P0, factory, IT, epochs=3, learning_rates=[0.1, 0.2], hyperparams={name: [10, 20]}, **KW)
+            gd.sweep(
+                MODEL.loss, P0, factory, IT, epochs=3, learning_rates=[0.1, 0.2], hyperparams={name: [10, 20]}, **KW
+            )
     msg = str(info.value)
     assert f"hyperparams gives {name!r}" in msg and "Python ints" in msg
     assert f"here {3 * IT.num_batches}" in msg  # the run's total: epochs times steps per epoch
@@ -152,13 +154,14 @@ def test_a_step_count_in_hyperparams_is_refused(name, run, compiles):
 # ----- continuing a run -------------------------------------------------------
 
 
-def test_continuing_a_run_counts_its_total_from_step_0(compiles):
-    # fit(3) has total_steps = 12; continued for 5 more its factory gets (3 + 5) * 4 = 32, the total of fit(8),
-    # so the two halves give fit(8)'s bits (with 12 or 20 the cosine would be another)
+def test_continuing_a_run_counts_its_total_from_step_0():
+    # The first 5 epochs are run with the whole run's total bound by hand (fit(5) alone would get 5 * 4 = 20 and
+    # decay sooner). Continued for 3 more, the factory gets (5 + 3) * 4 = 32, the total of fit(8), so the two
+    # halves give fit(8)'s bits; with 3 * 4 = 12 (the epochs added) the cosine would be another.
     whole = _fit(make)
-    first = _fit(make, epochs=3)
-    rest = gd.fit(MODEL.loss, first.state, make, IT, epochs=EPOCHS - 3, learning_rate=0.1, **KW)
-    assert rest.num_steps == (EPOCHS - 3) * IT.num_batches
+    first = _fit(functools.partial(make, total_steps=TOTAL), epochs=5)
+    rest = gd.fit(MODEL.loss, first.state, make, IT, epochs=EPOCHS - 5, learning_rate=0.1, **KW)
+    assert rest.first_epoch == 5 and rest.num_steps == TOTAL  # counted from step 0
     np.testing.assert_array_equal(np.concatenate([first.losses, rest.losses]), whole.losses)
     _same_bits(rest.params, whole.params)
     _same_bits(rest.state.opt_state, whole.state.opt_state)
@@ -168,11 +171,12 @@ def test_continuing_a_run_counts_its_total_from_step_0(compiles):
 
 
 def test_the_unit_schedule_times_the_peak_is_the_schedule_built_with_the_peak():
+    # what the recipe in the error messages promises: the same rates to float rounding (a few float32 ulps)
     steps = np.arange(TOTAL + 2)
-    for peak in (0.01, 0.1, 0.3, 2.0):
-        direct = optax.warmup_cosine_decay_schedule(0.0, peak, 3, TOTAL, 0.1 * peak)
-        scaled = jax.jit(lambda p, s: p * unit_schedule(TOTAL)(s))(peak, steps)
-        np.testing.assert_allclose(scaled, direct(steps), rtol=3e-7, atol=1e-12)
+    unit = unit_schedule(TOTAL)(steps)
+    for peak in (0.1, 2.0):
+        direct = optax.warmup_cosine_decay_schedule(0.0, peak, 3, TOTAL, 0.1 * peak)(steps)
+        np.testing.assert_allclose(np.float32(peak) * unit, direct, rtol=1e-6, atol=1e-12)
 
 
 def test_sweeping_the_peak_of_warmup_cosine_equals_fit():
@@ -242,6 +246,17 @@ def test_a_traced_decay_rate_is_not_given_the_peak_recipe(run, compiles):
     assert "Scaling a schedule of peak 1 does not help" in msg
     assert "* unit" not in msg and "warmup_cosine" not in msg
     assert "functools.partial(exponential, decay_rate=...)" in msg and "jax.numpy" in msg
+
+
+def test_the_fix_names_the_factory_as_written(compiles):
+    # gdjax binds total_steps with functools.partial; the message names the factory, not that partial
+    def decaying(learning_rate, decay_rate, total_steps):
+        return optax.sgd(optax.exponential_decay(learning_rate, total_steps // 4, decay_rate))
+
+    msg = _error(decaying, "fit", compiles, hyperparams={"decay_rate": 0.5})
+    assert msg.startswith("optimizer factory decaying cannot take hyperparameter 'decay_rate'")
+    assert "functools.partial(decaying, decay_rate=...)" in msg
+    assert "<function" not in msg and "total_steps=" not in msg
 
 
 def test_a_traced_step_count_is_not_given_the_peak_recipe(compiles):
