@@ -22,6 +22,9 @@ What this example teaches:
   ``copy=True`` matters: without it ``merge`` reuses the Variable objects of
   the state it is given, so BatchNorm's update writes into them (a tracer
   escapes its trace, and flax raises ``TraceContextError`` under ``grad``).
+  For the same reason, ``nnx.update(model, ...)`` also writes the trained
+  values into ``params`` and ``batch_stats``, which share their Variables
+  with ``model``: keep ``nnx.to_pure_dict(batch_stats)`` first to compare.
   ``nnx.split`` must leave nothing else (no RNG streams): Dropout takes its
   key at call time here (``rngs=None`` at construction), so one ``graphdef``
   serves training and inference. Pass gdjax the pieces, not the module:
@@ -160,8 +163,11 @@ def train_nnx(
     learning_rate: float = 1e-2,
     dropout: float = 0.3,
     seed: int = 0,
-) -> tuple[CNN, gd.FitResult, nnx.State]:
-    """Build the CNN, train it with ``gd.fit``; return ``(trained model, result, initial batch statistics)``."""
+) -> tuple[CNN, gd.FitResult, dict]:
+    """Build the CNN, train it with ``gd.fit``; return ``(trained model, result, initial batch statistics)``.
+
+    The statistics are a pure dict of arrays (``nnx.to_pure_dict``).
+    """
     init_key, order_key = jax.random.split(jax.random.key(seed))
     model = CNN(rngs=nnx.Rngs(init_key), dropout=dropout)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -180,8 +186,9 @@ def train_nnx(
         eval_data=test,
         metrics={"acc": acc_fn},
     )
+    initial_stats = nnx.to_pure_dict(batch_stats)  # the arrays: nnx.update below writes into batch_stats' Variables
     nnx.update(model, res.params, res.state.model_state)  # the trained weights and statistics, into the module
-    return model, res, batch_stats
+    return model, res, initial_stats
 
 
 def linen_recipe(train: dict, test: dict, *, epochs: int = 2, seed: int = 0) -> tuple[float, gd.FitResult]:
@@ -272,7 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
     test_acc = float(jnp.mean(jnp.argmax(logits, axis=-1) == test["y"]))
     changed = any(
         not np.allclose(a, b)
-        for a, b in zip(jax.tree.leaves(initial_stats), jax.tree.leaves(nnx.state(model, nnx.BatchStat)), strict=True)
+        for a, b in zip(
+            jax.tree.leaves(initial_stats),
+            jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))),
+            strict=True,
+        )
     )
 
     print(

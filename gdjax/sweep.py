@@ -452,7 +452,7 @@ def _run_chunk(
     )
     desc = "sweep" if num_chunks == 1 else f"sweep, chunk {chunk.number + 1}/{num_chunks}"
     bar = ProgressBar(args.epochs, desc, members=chunk.real) if progress else None
-    hooks = _hooks.hooks(bar, checkpointer)
+    hooks = _hooks.hooks(bar, checkpointer, layout.cfg.evaluation.columns())
     return _runner.run(layout, _place(layout, inputs, device), last, first=first, members=chunk.real, hooks=hooks)
 
 

@@ -34,9 +34,9 @@ def digest(*arrays) -> str:
 def _slow_disk() -> None:
     save = checkpoint.Checkpointer.save
 
-    def slow_save(self, tree, epoch):
+    def slow_save(self, tree, epoch, extra=None):
         time.sleep(SAVE_DELAY)
-        return save(self, tree, epoch)
+        return save(self, tree, epoch, extra)
 
     checkpoint.Checkpointer.save = slow_save
 
