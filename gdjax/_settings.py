@@ -18,7 +18,9 @@ import numpy as np
 
 from gdjax import _validate
 from gdjax._optimizer import is_factory
+from gdjax._run import Config
 from gdjax._types import x64_enabled
+from gdjax._validate import RunArgs
 from gdjax._validate_model import Start
 from gdjax.checkpoint import Checkpointer, digest, function_digest
 from gdjax.data import DataIterator
@@ -128,3 +130,30 @@ def evaluation_settings(ev: Any, eval_data: Any, loss_hparams: dict[str, Any]) -
         "keep_best": ev.keep_best,
         "loss_hyperparams": loss_hparams,
     }
+
+
+def fit_settings(
+    cfg: Config,
+    args: RunArgs,
+    start: Start,
+    hyperparams: dict[str, Any],
+    loss_hyperparams: dict[str, Any],
+    eval_data: Any,
+) -> dict[str, Any]:
+    """What a fit's checkpoints record (called only with a checkpoint: it hashes the data and params)."""
+    return run_settings(
+        "fit",
+        cfg.loss_fn,
+        cfg.optimizer,
+        args.it,
+        args.key,
+        start.init.params,
+        hyperparams={k: float(v) for k, v in hyperparams.items()},
+        tol=args.tol,
+        log_every=args.log_every,
+        has_aux=cfg.has_aux,
+        batched=cfg.batched,
+        params=start_settings(start),
+        with_key=cfg.with_key,
+        evaluation=evaluation_settings(cfg.evaluation, eval_data, {k: float(v) for k, v in loss_hyperparams.items()}),
+    )

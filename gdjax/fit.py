@@ -16,6 +16,7 @@ the compiled program.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -206,26 +207,8 @@ def fit(
         static=st.static,
     )
 
-    def settings() -> dict[str, Any]:  # only called with a checkpoint: it hashes the data and params
-        return _settings.run_settings(
-            "fit",
-            loss_fn,
-            optimizer,
-            args.it,
-            args.key,
-            st.init.params,
-            hyperparams={k: float(v) for k, v in hp.items()},
-            tol=args.tol,
-            log_every=args.log_every,
-            has_aux=bool(has_aux),
-            batched=bool(batched),
-            params=_settings.start_settings(st),
-            with_key=with_key,
-            evaluation=_settings.evaluation_settings(
-                cfg.evaluation, eval_arrays, {k: float(v) for k, v in lhp.items()}
-            ),
-        )
-
+    # the settings are only made with a checkpoint: they hash the data and params
+    settings = functools.partial(_settings.fit_settings, cfg, args, st, hp, lhp, eval_arrays)
     ckpt = _settings.checkpointer(checkpoint, checkpoint_every, settings=settings)
     inputs = _config.inputs(cfg, args, st.init, hp, lhp, eval_arrays, first=st.first)
     hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt, cfg.evaluation.columns())
