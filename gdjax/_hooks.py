@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from gdjax import progress
-from gdjax._load import history_layout as _history_layout
+from gdjax._checkpoint_files import history_layout as _history_layout
 from gdjax._program import RunState
 from gdjax._runner import Hook, HostHistory, Status
 from gdjax.checkpoint import Checkpointer

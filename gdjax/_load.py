@@ -6,66 +6,32 @@ each leaf's path in it, and the checkpoint hook records in the metadata what
 else reading needs (the evaluation's column names, ``log_every``, the steps
 per epoch, the real member count of a sweep chunk). :func:`load` rebuilds the
 parameters, the train state and the history from that alone: no loss,
-optimizer or model class. :func:`checkpoint_files` and :func:`run_metadata`,
-which :class:`gdjax.checkpoint.Checkpointer` uses too, find a folder's files
-and check what every checkpoint records.
+optimizer or model class. It finds the folder's files and checks what every
+checkpoint records with :mod:`gdjax._checkpoint_files`, and rebuilds the
+trees from their leaves' paths with :mod:`gdjax._key_paths`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from gdjax._npz import CheckpointError, KeyPath, key_path, read
-from gdjax._trainable import combine, split
+from gdjax import _key_paths
+from gdjax._checkpoint_files import ANY, CHUNK, checkpoint_files, history_layout, run_metadata
+from gdjax._npz import CheckpointError, KeyPath, read
 from gdjax._types import PyTree
 from gdjax.step import TrainState
-
-#: A pattern for the prefix of any run's checkpoints: a fit's (none) or a sweep chunk's.
-ANY = r"(?:chunk-\d{5}-)?"
-_CHUNK = re.compile(r"chunk-(\d{5})-")
 
 # where the parts of the saved tree ``(run state, drained history)`` are
 _RUN: KeyPath = (("index", 0),)
 _TRAIN: KeyPath = (*_RUN, ("attr", "train"))
 _DRAINED: KeyPath = (("index", 1),)
-
-
-def checkpoint_files(folder: Path, prefix: str) -> list[tuple[int, Path]]:
-    """The checkpoint files in ``folder`` whose prefix matches the pattern ``prefix``, oldest first.
-
-    Entries that are not regular files (folders, FIFOs, links) are left out.
-    """
-    pattern = re.compile(prefix + r"epoch-(\d{8})\.npz")
-    try:
-        with os.scandir(folder) as entries:
-            found = [(int(m.group(1)), Path(e.path)) for e in entries if (m := pattern.fullmatch(e.name))]
-    except OSError:
-        return []
-    return sorted((epoch, path) for epoch, path in found if path.is_file() and not path.is_symlink())
-
-
-def run_metadata(path: Path, epoch: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """The metadata a :class:`~gdjax.checkpoint.Checkpointer` wrote, checked (a CheckpointError where it is not)."""
-    if not isinstance(meta.get("settings"), dict) or type(meta.get("epoch")) is not int or meta["epoch"] != epoch:
-        raise CheckpointError(f"checkpoint {path} cannot be read (its run settings or epoch are missing or wrong).")
-    return meta
-
-
-def history_layout(meta: dict[str, Any]) -> dict[str, int]:
-    """The history layout a checkpoint recorded (a CheckpointError, so skipped as damaged, where it is not)."""
-    layout = meta.get("history")
-    if not isinstance(layout, dict) or any(type(layout.get(k)) is not int for k in ("base", "capacity", "first")):
-        raise CheckpointError("the checkpoint does not record its history layout (base, capacity, first)")
-    return layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +115,7 @@ class _Chunk:
         """The one leaf at ``prefix`` (a CheckpointError where there is none)."""
         found = [a for p, a in self.leaves if p == prefix]
         if len(found) != 1:
-            raise CheckpointError(f"checkpoint {self.path} cannot be read (it has no {_keystr(prefix)}).")
+            raise CheckpointError(f"checkpoint {self.path} cannot be read (it has no {_key_paths.keystr(prefix)}).")
         return found[0]
 
 
@@ -264,7 +230,7 @@ def _read(path: Path, epoch: int, prefix: str) -> _Chunk:
             f"leaves' paths, the run's layout). Read it with gdjax.checkpoint.restore and a template, or resume "
             f"the run with this gdjax to write a new one."
         )
-    match = _CHUNK.fullmatch(prefix)
+    match = CHUNK.fullmatch(prefix)
     number = int(match.group(1)) if match else None
     checks = {
         "log_every": lambda v: type(v) is int and v > 0,
@@ -416,68 +382,14 @@ def _train(
         ]
     else:
         leaves = parts[0]
-    field = lambda name: [(p[1:], _array(a)) for p, a in leaves if p[:1] == (("attr", name),)]  # noqa: E731
+    field = lambda name: [(p[1:], _key_paths.array(a)) for p, a in leaves if p[:1] == (("attr", name),)]  # noqa: E731
     params = field("params")
     step = [a for p, a in field("step") if p == ()]
     if not params or len(step) != 1:
         raise ValueError("the checkpoint holds no parameters or step: it is not of a gdjax run.")
     return TrainState(
-        params=_build(params) if like is None else _like(like, params, members),
-        opt_state=_build(field("opt_state")),
+        params=_key_paths.build(params) if like is None else _key_paths.like(like, params, members),
+        opt_state=_key_paths.build(field("opt_state")),
         step=step[0],
-        model_state=_build(field("model_state")),
+        model_state=_key_paths.build(field("model_state")),
     )
-
-
-def _array(a: np.ndarray) -> Any:
-    """A jax array of ``a`` (a numpy one where jax would change its dtype: 64 bits without x64)."""
-    return jax.numpy.asarray(a) if jax.dtypes.canonicalize_dtype(a.dtype) == a.dtype else a
-
-
-def _build(leaves: list[tuple[KeyPath, Any]]) -> Any:
-    """Nested dicts (dict keys and attribute names) and lists (positions) from ``(path, leaf)`` pairs; None if none."""
-    if not leaves:
-        return None
-    if len(leaves) == 1 and leaves[0][0] == ():
-        return leaves[0][1]
-    groups: dict[Any, list[tuple[KeyPath, Any]]] = {}
-    kinds = set()
-    for path, leaf in leaves:
-        if path == ():
-            raise ValueError("the checkpoint's paths overlap (a leaf at a node that has children).")
-        kinds.add(path[0][0] == "index")
-        groups.setdefault(path[0][1], []).append((path[1:], leaf))
-    if len(kinds) != 1:
-        raise ValueError("the checkpoint's paths mix positions and names at one node.")
-    if kinds.pop():
-        out = [None] * (max(groups) + 1)  # a position left out held no arrays
-        for i, group in groups.items():
-            out[i] = _build(group)
-        return out
-    return {k: _build(group) for k, group in groups.items()}
-
-
-def _keystr(path: KeyPath) -> str:
-    return "".join(f"[{k}]" if kind == "index" else f".{k}" if kind == "attr" else f"[{k!r}]" for kind, k in path)
-
-
-def _like(like: PyTree, stored: list[tuple[KeyPath, Any]], members: bool) -> PyTree:
-    """``like`` with its trained leaves replaced by the ``stored`` ones, in order (its other leaves kept)."""
-    trained, static = split(like)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(trained)
-    if len(flat) != len(stored):
-        raise ValueError(
-            f"like= has {len(flat)} trained leaves (float arrays); the checkpoint holds {len(stored)} "
-            f"(at {', '.join(_keystr(p) or 'the root' for p, _ in stored[:4])}{', ...' if len(stored) > 4 else ''})."
-        )
-    for (keys, leaf), (path, a) in zip(flat, stored, strict=True):
-        where = key_path(keys)
-        shape = np.shape(a)[1:] if members else np.shape(a)
-        if where != path or shape != np.shape(leaf):
-            raise ValueError(
-                f"like='s trained leaf at {_keystr(where) or 'the root'} is {list(np.shape(leaf))}; the checkpoint "
-                f"holds {list(shape)} at {_keystr(path) or 'the root'}"
-                + (" per member" if members else "")
-                + ". Pass the parameters (or model) the run started from."
-            )
-    return combine(jax.tree.unflatten(treedef, [a for _, a in stored]), static)

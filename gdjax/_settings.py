@@ -157,3 +157,36 @@ def fit_settings(
         with_key=cfg.with_key,
         evaluation=evaluation_settings(cfg.evaluation, eval_data, {k: float(v) for k, v in loss_hyperparams.items()}),
     )
+
+
+def sweep_settings(
+    cfg: Config, args: RunArgs, starts: Any, table: Any, eval_data: Any, where: dict[str, int]
+) -> dict[str, Any]:
+    """What a sweep's checkpoints record (called only with a checkpoint, once: it hashes the data).
+
+    ``starts`` is the sweep's :class:`gdjax._starts.Starts`, ``table`` its
+    :class:`gdjax._plan.Members`, ``where`` its rows per chunk and device count.
+    """
+    params = start_settings(starts.start)
+    if starts.init is not None:
+        params = {"init": describe(starts.init), "init_digest": function_digest(starts.init), **params}
+    as_lists = lambda values: {k: np.asarray(v).tolist() for k, v in values.items()}  # noqa: E731
+    return run_settings(
+        "sweep",
+        cfg.loss_fn,
+        cfg.optimizer,
+        args.it,
+        args.key,
+        starts.one()[0],
+        hyperparams=as_lists(table.hyperparams),
+        seeds=None if table.seeds is None else table.seeds.tolist(),
+        tol=args.tol,
+        log_every=args.log_every,
+        has_aux=cfg.has_aux,
+        batched=cfg.batched,
+        chunk=where["chunk"],
+        devices=where["devices"],
+        params=params,
+        with_key=cfg.with_key,
+        evaluation=evaluation_settings(cfg.evaluation, eval_data, as_lists(table.loss_hyperparams)),
+    )

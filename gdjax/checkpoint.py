@@ -47,8 +47,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from gdjax._checkpoint_files import ANY, checkpoint_files, run_metadata
 from gdjax._digest import digest, function_digest
-from gdjax._load import ANY, Loaded, checkpoint_files, load, run_metadata
+from gdjax._load import Loaded, load
 from gdjax._lock import CheckpointInUseError, FolderLock
 from gdjax._npz import CheckpointError, CheckpointMismatchError, read_metadata, restore, save
 from gdjax._types import PyTree, x64_enabled

@@ -48,7 +48,6 @@ from gdjax import (
     _validate_eval,
     _validate_model,
 )
-from gdjax._digest import function_digest
 from gdjax._run import AXIS, Inputs, Layout
 from gdjax._starts import seed_keys
 from gdjax._types import PyTree
@@ -220,16 +219,9 @@ def sweep(
     )
     mesh = Mesh(np.array(devs), (AXIS,)) if len(devs) > 1 else None
     layout = Layout(cfg, True, starts.params_batched, starts.keys_batched, mesh)
-    options = {
-        "has_aux": has_aux,
-        "batched": batched,
-        "rows": rows,
-        "devices": len(devs),
-        "evaluation": (cfg.evaluation, eval_arrays),
-    }
-    options["with_key"] = with_key
+    where = {"chunk": rows, "devices": len(devs)}
     settings = functools.cache(
-        functools.partial(_sweep_settings, loss_fn, optimizer_fn, init, starts, args, table, options)
+        functools.partial(_settings.sweep_settings, cfg, args, starts, table, eval_arrays, where)
     )
     ckpts = [
         _settings.checkpointer(checkpoint, checkpoint_every, settings=settings, prefix=f"chunk-{c.number:05d}-")
@@ -281,44 +273,6 @@ def _result(
         compile_time=sum(o.compile_time for o in outs),
         devices=devices,
         resumed_from=np.concatenate(resumed),
-    )
-
-
-def _sweep_settings(
-    loss_fn: Callable[..., Any],
-    optimizer_fn: Callable[..., Any],
-    init: Any,
-    starts: _starts.Starts,
-    args: _validate.RunArgs,
-    table: _plan.Members,
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """What a sweep's checkpoints record (called only with a checkpoint, once: it hashes the data)."""
-    params = _settings.start_settings(starts.start)
-    if init is not None:
-        params = {"init": _settings.describe(init), "init_digest": function_digest(init), **params}
-    return _settings.run_settings(
-        "sweep",
-        loss_fn,
-        optimizer_fn,
-        args.it,
-        args.key,
-        starts.one()[0],
-        hyperparams={k: np.asarray(v).tolist() for k, v in table.hyperparams.items()},
-        seeds=None if table.seeds is None else table.seeds.tolist(),
-        tol=args.tol,
-        log_every=args.log_every,
-        has_aux=bool(options["has_aux"]),
-        batched=bool(options["batched"]),
-        chunk=options["rows"],
-        devices=options["devices"],
-        params=params,
-        with_key=options["with_key"],
-        evaluation=_settings.evaluation_settings(
-            options["evaluation"][0],
-            options["evaluation"][1],
-            {k: np.asarray(v).tolist() for k, v in table.loss_hyperparams.items()},
-        ),
     )
 
 

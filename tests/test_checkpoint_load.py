@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import gdjax as gd
-from gdjax import _load, checkpoint
+from gdjax import _key_paths, _load, checkpoint
 
 LINEAR = _shared.LINEAR
 
@@ -349,9 +349,9 @@ def test_a_checkpoint_without_column_names_or_paths(linear_copy):
 def test_paths_become_nested_dicts_and_lists_and_repeated_names_one_array():
     a, b, c = np.zeros(1), np.ones(2), np.full(3, 2.0)
     leaves = [((("index", 0), ("attr", "w")), a), ((("index", 2),), b), ((("index", 3), ("dict", 5)), c)]
-    built = _load._build(leaves)  # position 1 held no arrays (a None, or an empty node)
+    built = _key_paths.build(leaves)  # position 1 held no arrays (a None, or an empty node)
     assert built == [{"w": a}, None, b, {5: c}]
-    assert _load._build([((), a)]) is a and _load._build([]) is None
+    assert _key_paths.build([((), a)]) is a and _key_paths.build([]) is None
     rows = np.arange(12.0).reshape(2, 6)  # (epochs, columns): an aux output of three values is one name
     split = _load._split(["loss", "aux/x", "aux/x", "aux/x", "eval_loss", "eval_loss2"], rows)
     assert list(split) == ["loss", "aux/x", "eval_loss", "eval_loss2"]

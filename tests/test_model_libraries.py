@@ -1,9 +1,9 @@
 """Models of other libraries trained by gdjax: Equinox modules, Flax NNX (split/merge) and Flax linen (variables).
 
 Every test uses small models on 50 examples, except the examples (``examples/equinox_mlp.py``,
-``examples/flax_nnx_cnn.py``), which run with their defaults. Each compiled run costs a few seconds of
-compilation, so the fast lane keeps three: an Equinox module against its hand-partitioned arrays, and the
-model state of an NNX model; the rest is marked slow.
+``examples/flax_nnx_cnn.py``), which run with their defaults. Each compiled run costs seconds of
+compilation, so the fast lane keeps two (an Equinox MLP given back whole, the model state of an NNX
+model) and the checks of bad input; the rest is marked slow.
 """
 
 from __future__ import annotations
@@ -56,10 +56,15 @@ def make_mlp(key):
     return eqx.nn.MLP(4, 3, 8, 1, activation=jax.nn.tanh, key=key)
 
 
-def test_equinox_module_trains_and_comes_back_whole(blobs):
+def _fit_mlp(blobs):
+    """The MLP fitted by both Equinox fit tests (one compiled program, shared)."""
     mlp = make_mlp(jax.random.key(1))
     it = gd.minibatch(blobs, 16)
-    res = gd.fit(eqx_loss, mlp, optax.adam, it, epochs=4, key=jax.random.key(2), learning_rate=3e-2)
+    return mlp, it, gd.fit(eqx_loss, mlp, optax.adam, it, epochs=4, key=jax.random.key(2), learning_rate=3e-2)
+
+
+def test_equinox_module_trains_and_comes_back_whole(blobs):
+    mlp, _, res = _fit_mlp(blobs)
     assert isinstance(res.params, eqx.nn.MLP)
     # the static leaves are the originals (the functions themselves), the arrays trained
     assert res.params.activation is jax.nn.tanh
@@ -70,7 +75,10 @@ def test_equinox_module_trains_and_comes_back_whole(blobs):
     # the trained model is callable as it is
     assert res.params(jnp.asarray(blobs["x"][0])).shape == (3,)
 
-    # the same run with the model partitioned by hand: the same bits
+
+@pytest.mark.slow  # one more compiled run
+def test_equinox_module_equals_its_arrays_partitioned_by_hand(blobs):
+    mlp, it, res = _fit_mlp(blobs)
     arrays, static = eqx.partition(mlp, eqx.is_inexact_array)
     by_hand = gd.fit(
         lambda p, ex: eqx_loss(eqx.combine(p, static), ex),
@@ -85,6 +93,7 @@ def test_equinox_module_trains_and_comes_back_whole(blobs):
     assert _leaves_equal(trained, by_hand.params)
     assert np.array_equal(res.losses, by_hand.losses)
     assert np.array_equal(res.epoch_losses, by_hand.epoch_losses)
+    assert res.final_loss == by_hand.final_loss
 
 
 @pytest.mark.slow  # a sweep, then a fit per member: seconds of compiling
@@ -202,14 +211,15 @@ def test_model_state_is_carried_and_evaluation_leaves_it_alone(blobs):
     assert not np.allclose(final["bn"]["var"][...], stats["bn"]["var"][...])
     # the evaluations saw the final state, unchanged: the full-data loss and accuracy by hand (key=None)
     whole = gd.Batch(jax.tree.map(jnp.asarray, blobs), jnp.ones(len(blobs["y"]), bool))
-    by_hand, returned = loss_fn(res.params, whole, key=None, model_state=final)
+    by_hand = jax.jit(lambda p, s: (loss_fn(p, whole, key=None, model_state=s), acc_fn(p, whole, model_state=s)))
+    (loss, returned), acc = by_hand(res.params, final)
     assert _leaves_equal(returned, final)
-    np.testing.assert_allclose(res.final_loss, float(by_hand), rtol=1e-5)
-    np.testing.assert_allclose(res.history["loss"][-1], float(by_hand), rtol=1e-5)
-    np.testing.assert_allclose(res.final_metrics["acc"], float(acc_fn(res.params, whole, model_state=final)), atol=1e-6)
+    np.testing.assert_allclose(res.final_loss, float(loss), rtol=1e-5)
+    np.testing.assert_allclose(res.history["loss"][-1], float(loss), rtol=1e-5)
+    np.testing.assert_allclose(res.final_metrics["acc"], float(acc), atol=1e-6)
     # ... and not the initial state, which gives another loss
-    with_initial = float(loss_fn(res.params, whole, key=None, model_state=stats)[0])
-    assert abs(with_initial - float(by_hand)) > 1e-3
+    (with_initial, _), _ = by_hand(res.params, stats)
+    assert abs(float(with_initial) - float(loss)) > 1e-3
 
 
 @pytest.mark.slow  # a compiled run and a jitted step
