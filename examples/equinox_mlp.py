@@ -34,7 +34,7 @@ model is an MLP 64-64-64-10 (ReLU) trained with Adam on mini-batches of 64.
 
 Run it with ``python examples/equinox_mlp.py`` (``--help`` for options;
 needs equinox and scikit-learn: ``pip install -e .[dev]`` installs both).
-It takes about 10 seconds on 2 CPU cores, most of them compiling.
+It takes 12 to 18 seconds on 2 CPU cores, about half of them compiling.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def accuracy(model: eqx.nn.MLP, example: dict) -> jax.Array:
 
 
 @eqx.filter_jit
-def test_accuracy(model: eqx.nn.MLP, data: dict) -> jax.Array:
+def split_accuracy(model: eqx.nn.MLP, data: dict) -> jax.Array:
     """Accuracy over a whole split, computed outside gdjax (``eqx.filter_jit``: the model holds a function)."""
     return jnp.mean(jnp.argmax(jax.vmap(model)(data["x"]), axis=-1) == data["y"])
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         learning_rate=args.learning_rate,
         **evaluation,
     )
-    fit_acc = float(test_accuracy(res.params, test))
+    fit_acc = float(split_accuracy(res.params, test))
 
     # 2. Seeds x learning rates: each seed builds its own model (init=) and draws its own data order.
     sw = gd.sweep(
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     k = sw.best_index
     assert k is not None, "every member diverged"
     best = sw.member_params(k, best=True)  # a whole eqx.nn.MLP
-    sweep_acc = float(test_accuracy(best, test))
+    sweep_acc = float(split_accuracy(best, test))
 
     n_train, n_test = len(train["y"]), len(test["y"])
     print(

@@ -10,6 +10,7 @@ epoch its step count ends (:class:`Start`).
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -62,6 +63,7 @@ def start(params: Any, model_state: Any, steps_per_epoch: int, *, name: str = "p
             f"{name} is a function, not parameters. fit takes the parameters (params=init(jax.random.key(0))); "
             f"to initialise each sweep member from its own seed, pass params=None, init=your_init and seeds=[...]."
         )
+    _refuse_nnx_statistics(params, name)
     trained, static = _split(params, name)
     check_model_state(model_state)
     return Start(TrainState(trained, None, None, model_state), static, 0)  # type: ignore[arg-type]
@@ -78,6 +80,21 @@ def _split(params: Any, name: str) -> tuple[PyTree, Static | None]:
         )
     _validate.check_params(trained, name)
     return trained, Static(static) if has_static(params) else None
+
+
+def _refuse_nnx_statistics(params: Any, name: str) -> None:
+    """A Flax NNX module with batch statistics would have them trained as parameters: refuse it, with the recipe."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None or not isinstance(params, nnx.Module):
+        return
+    if jax.tree.leaves(nnx.state(params, nnx.BatchStat)):
+        raise TypeError(
+            f"{name} is a Flax NNX module holding batch statistics (nnx.BatchStat): passed whole, they would be "
+            f"trained by gradient like parameters. Split them off and pass them as the model state: graphdef, "
+            f"params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat); a loss_fn(params, batch, *, "
+            f"model_state) that calls nnx.merge(graphdef, params, model_state, copy=True); and gd.fit(loss_fn, "
+            f"params, ..., model_state=batch_stats) (see examples/flax_nnx_cnn.py)."
+        )
 
 
 def check_model_state(model_state: Any) -> None:

@@ -1,9 +1,9 @@
 """Models of other libraries trained by gdjax: Equinox modules, Flax NNX (split/merge) and Flax linen (variables).
 
 Every test uses small models on 50 examples, except the examples (``examples/equinox_mlp.py``,
-``examples/flax_nnx_cnn.py``), which run with their defaults. Each compiled run costs seconds of
-compilation, so the fast lane keeps two (an Equinox MLP given back whole, the model state of an NNX
-model) and the checks of bad input; the rest is marked slow.
+``examples/flax_nnx_cnn.py``), which run with their defaults. Each new compiled run costs seconds of
+compilation, so the fast lane keeps one (the model state and key of an NNX model, through fit, its
+evaluation and a metric) and the checks of bad input; the rest is marked slow.
 """
 
 from __future__ import annotations
@@ -11,17 +11,16 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import equinox as eqx  # the dev extra installs the models extra: these are never skipped
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import gdjax as gd
-
-eqx = pytest.importorskip("equinox")
-nnx = pytest.importorskip("flax.nnx")
-nn = pytest.importorskip("flax.linen")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -63,6 +62,7 @@ def _fit_mlp(blobs):
     return mlp, it, gd.fit(eqx_loss, mlp, optax.adam, it, epochs=4, key=jax.random.key(2), learning_rate=3e-2)
 
 
+@pytest.mark.slow  # a compiled run (Equinox models are fitted in the fast lane by test_checkpoint_load)
 def test_equinox_module_trains_and_comes_back_whole(blobs):
     mlp, _, res = _fit_mlp(blobs)
     assert isinstance(res.params, eqx.nn.MLP)
@@ -344,6 +344,18 @@ def test_a_model_without_float_arrays_is_refused(blobs):
             epochs=1,
             key=jax.random.key(0),
         )
+
+
+class _WithBatchNorm(nnx.Module):
+    def __init__(self, rngs):
+        self.linear, self.bn = nnx.Linear(4, 3, rngs=rngs), nnx.BatchNorm(3, rngs=rngs)
+
+
+def test_an_nnx_module_with_batch_statistics_is_refused_with_the_recipe(blobs, compiles):
+    module = _WithBatchNorm(nnx.Rngs(0))
+    with compiles() as c, pytest.raises(TypeError, match=r"Flax NNX module holding batch statistics.*nnx.split"):
+        gd.fit(lambda m, b: 0.0, module, optax.sgd(0.1), gd.minibatch(blobs, 16), epochs=1, key=jax.random.key(0))
+    assert c.count == 0
 
 
 # ----------------------------------------------------------------------------------------------- examples
