@@ -32,9 +32,10 @@ def _same(a, b) -> bool:
 @pytest.mark.parametrize("opt", [optax.sgd, optax.adam])
 def test_fit_then_continue_equals_one_longer_fit_bit_for_bit(opt):
     kw = {"key": KEY, "learning_rate": 0.02, "log_every": 2}
-    whole = gd.fit(MLP.loss, P0, opt, IT, epochs=10, **kw)
-    first = gd.fit(MLP.loss, P0, opt, IT, epochs=5, **kw)
-    more = gd.fit(MLP.loss, first.state, opt, IT, epochs=5, **kw)
+    p0 = LINEAR.init(jax.random.key(0), 4)
+    whole = gd.fit(LINEAR.loss, p0, opt, IT, epochs=10, **kw)
+    first = gd.fit(LINEAR.loss, p0, opt, IT, epochs=5, **kw)
+    more = gd.fit(LINEAR.loss, first.state, opt, IT, epochs=5, **kw)
     assert _same(more.state, whole.state)  # params, optimizer state, step count
     assert (more.first_epoch, more.num_epochs, more.num_steps) == (5, 10, 60)
     np.testing.assert_array_equal(more.history_epochs, np.arange(6, 11))
