@@ -68,7 +68,7 @@ def like(like: PyTree, stored: list[tuple[KeyPath, Any]], members: bool) -> PyTr
         shape = np.shape(a)[1:] if members else np.shape(a)
         if where != path or shape != np.shape(leaf):
             raise ValueError(
-                f"like='s trained leaf at {keystr(where) or 'the root'} is {list(np.shape(leaf))}; the checkpoint "
+                f"the trained leaf of like at {keystr(where) or 'the root'} is {list(np.shape(leaf))}; the checkpoint "
                 f"holds {list(shape)} at {keystr(path) or 'the root'}"
                 + (" per member" if members else "")
                 + ". Pass the parameters (or model) the run started from."

@@ -19,6 +19,7 @@ import numpy as np
 from gdjax import _validate
 from gdjax._optimizer import is_factory
 from gdjax._run import Config
+from gdjax._trainable import describe_leaves
 from gdjax._types import x64_enabled
 from gdjax._validate import RunArgs
 from gdjax._validate_model import Start
@@ -74,7 +75,18 @@ def params_settings(params: Any) -> dict[str, Any]:
 
 def start_settings(start: Start) -> dict[str, Any]:
     """What a run starts from, as checkpoint settings: the trained params, the static leaves, the model state,
-    and for a continued run its optimizer state and first epoch."""
+    and for a continued run its optimizer state and first epoch.
+
+    Raises:
+      TypeError: the model state holds a typed PRNG key, which a checkpoint cannot store (before compiling).
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(start.init.model_state)[0]:
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key):
+            raise TypeError(
+                f"model_state{jax.tree_util.keystr(path)} is a typed PRNG key, which checkpoints do not store: "
+                f"keep jax.random.key_data(key) in the model state and wrap it back with jax.random.wrap_key_data "
+                f"in the loss, or use with_key=True for the loss's randomness."
+            )
     out = params_settings(start.init.params)
     if start.static is not None:
         out["static"] = start.static.describe()
@@ -91,9 +103,10 @@ def optimizer_settings(optimizer: Any, params: Any) -> Any:
     if is_factory(optimizer):
         return describe(optimizer)
     shapes = jax.eval_shape(optimizer.init, params)
+    parts = shapes if isinstance(shapes, tuple) else (shapes,)
     return {
         "built": describe(optimizer.init),
-        "state": str(jax.tree.map(lambda x: f"{x.dtype}{list(x.shape)}", shapes)),
+        "state": [type(p).__name__ for p in parts] + describe_leaves(shapes),
         "values": "not recorded: a built optimizer hides its values (pass the factory to record them)",
     }
 

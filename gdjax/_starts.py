@@ -51,6 +51,11 @@ def check_init(init: Any, params: Any, seeds: Any) -> None:
         return
     if not callable(init):
         raise TypeError(f"init must be a function init(key) -> params; got {type(init).__name__}.")
+    if isinstance(params, TrainState):
+        raise ValueError(
+            "params is a sweep's state to continue and init is given too: a continued sweep starts from its state, "
+            "so drop init= (keep the same learning_rates, hyperparams and seeds)."
+        )
     if params is not None:
         raise ValueError(
             "params and init are both given: pass params=None with init= (each member is initialised by "

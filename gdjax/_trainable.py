@@ -86,8 +86,21 @@ class Static:
         return [f"{jax.tree_util.keystr(p)}={_describe(x)}" for p, x in paths]
 
 
+def describe_leaves(tree: PyTree, limit: int = 40) -> list[str]:
+    """``"path: dtype[shape]"`` for each array leaf (at most ``limit``, then a count): compact and readable,
+    where a tree's repr (an Equinox model's) would run to pages."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = getattr(leaf, "shape", None)
+        what = f"{leaf.dtype}{list(shape)}" if shape is not None and hasattr(leaf, "dtype") else _describe(leaf)
+        out.append(f"{jax.tree_util.keystr(path) or '(root)'}: {what}")
+    return out if len(out) <= limit else [*out[:limit], f"... {len(out) - limit} more"]
+
+
 def _leaf_key(leaf: Any) -> Any:
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)  # a typed key compares by its bits
         arr = np.asarray(leaf)
         return ("array", arr.shape, str(arr.dtype), arr.tobytes())
     try:

@@ -57,7 +57,7 @@ def loss_dtype(
     try:
         out = jax.eval_shape(objective(batched), params, batch, values, key, model_state)
     except Exception as exc:
-        if isinstance(exc, TypeError) and "new model state" in str(exc):
+        if isinstance(exc, TypeError) and ("new model state" in str(exc) or "with model_state" in str(exc)):
             raise  # the form is right, what it returns is not: the message says what to fix
         # does the other form work? then the flag is what is wrong
         try:

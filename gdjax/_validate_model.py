@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax import _validate
-from gdjax._trainable import Static, has_static, is_trained, split
+from gdjax._trainable import Static, describe_leaves, has_static, split
 from gdjax._types import PyTree
 from gdjax.step import TrainState
 
@@ -58,9 +58,9 @@ def start(params: Any, model_state: Any, steps_per_epoch: int, *, name: str = "p
         )
     if isinstance(params, TrainState):
         return _continuing(params, model_state, steps_per_epoch, name=name, members=members)
-    if callable(params) and not any(is_trained(x) for x in jax.tree.leaves(params)):
+    if callable(params) and jax.tree.leaves(params) == [params]:  # a function, not a model holding arrays
         raise TypeError(
-            f"{name} is a function, not parameters. fit takes the parameters (params=init(jax.random.key(0))); "
+            f"{name} is a function, not parameters. gdjax takes the parameters (params=init(jax.random.key(0))); "
             f"to initialise each sweep member from its own seed, pass params=None, init=your_init and seeds=[...]."
         )
     _refuse_nnx_statistics(params, name)
@@ -105,8 +105,13 @@ def check_model_state(model_state: Any) -> None:
         where = f"model_state{jax.tree_util.keystr(path)}"
         if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
             raise TypeError(
-                f"{where} is a {type(leaf).__name__}; a model state holds arrays only (batch statistics, counters). "
-                f"Keep other values in the loss function."
+                f"{where} is of type {type(leaf).__name__}; a model state holds arrays only (batch statistics, "
+                f"counters): make a number an array (jnp.asarray(value)), and keep other values in the loss function."
+            )
+        if not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) and np.dtype(leaf.dtype).kind not in "biufc":
+            raise TypeError(
+                f"{where} has dtype {leaf.dtype}, which JAX cannot carry; a model state holds arrays of numbers "
+                f"(or PRNG keys). Keep other values in the loss function."
             )
         if jnp.issubdtype(leaf.dtype, jnp.inexact) and not np.isfinite(np.asarray(leaf)).all():
             raise ValueError(f"{where} holds NaN or inf before training; start from finite values.")
@@ -155,8 +160,9 @@ def check_opt_state(build: Callable[[], Any], start: Start, *, name: str = "para
 
 
 def _shapes(tree: PyTree) -> str:
-    text = str(jax.tree.map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
-    return text if len(text) < 300 else text[:300] + "..."
+    parts = tree if isinstance(tree, tuple) else (tree,)
+    text = f"{[type(p).__name__ for p in parts]} with {', '.join(describe_leaves(tree, limit=6)) or 'no arrays'}"
+    return text if len(text) < 400 else text[:400] + "..."
 
 
 def loss_keywords(loss_fn: Callable[..., Any], *, with_key: bool, stateful: bool) -> None:

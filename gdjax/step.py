@@ -203,7 +203,7 @@ class LossForm(NamedTuple):
         if not (isinstance(out, tuple | list) and len(out) == 2):
             raise TypeError(
                 f"loss_fn must return {self.returns()} with {flags}; it returned {_describe(out)}. "
-                f"Return that, or drop {flags}."
+                f"Return {self.returns()}, or drop {flags}."
             )
         loss, rest = out
         if not self.stateful:
@@ -238,7 +238,8 @@ def _check_model_state(new: Any, old: Any) -> None:
     if problem is not None:
         raise TypeError(
             f"loss_fn must return the new model state shaped like the model_state it was given, as "
-            f"(loss, new_model_state); {problem}. Return the updated state (or the one given, unchanged)."
+            f"(loss, new_model_state), or (loss, (new_model_state, aux)) with has_aux=True (the state first); "
+            f"{problem}. Return the updated state (or the one given, unchanged)."
         )
 
 

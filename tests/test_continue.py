@@ -8,6 +8,7 @@ model state must resume exactly.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -223,3 +224,39 @@ def test_static_leaves_are_held_and_given_back():
     assert not np.array_equal(res.params["w"], np.zeros(4))
     more = gd.fit(loss, res.state, optax.sgd, IT, epochs=1, key=KEY, learning_rate=0.05)
     assert more.first_epoch == 3 and more.params["act"] is jnp.tanh
+
+
+class _Counts(eqx.Module):
+    """A model that can be called (so it is callable) but holds nothing to train."""
+
+    n: jax.Array
+
+    def __call__(self, x):
+        return x * self.n
+
+
+def test_odd_model_states_and_models_are_explained_before_compiling(tmp_path, compiles):
+    p0 = LINEAR.init(jax.random.key(0), 4)
+    keyed, texts = {"k": jax.random.key(3)}, {"tag": np.array(["bn1"])}
+    kw = {"key": KEY, "learning_rate": 0.05, "epochs": 1, "batched": True}
+
+    def same(params, batch, *, model_state):  # a batched loss that hands its model state back unchanged
+        return gd.masked_mean(jax.vmap(LINEAR.loss, (None, 0))(params, batch.data), batch.mask), model_state
+
+    with compiles() as c:
+        with pytest.raises(TypeError, match=r"model_state\['k'\] is a typed PRNG key, which checkpoints do not"):
+            gd.fit(same, p0, optax.sgd, IT, model_state=keyed, checkpoint=tmp_path, **kw)
+        with pytest.raises(TypeError, match=r"model_state\['tag'\] has dtype <U3, which JAX cannot carry"):
+            gd.fit(same, p0, optax.sgd, IT, model_state=texts, **kw)
+        with pytest.raises(TypeError, match=r"model_state\['c'\] is of type float.*jnp.asarray"):
+            gd.fit(same, p0, optax.sgd, IT, model_state={"c": 0.5}, **kw)
+
+        with pytest.raises(ValueError, match=r"params has no float arrays to train"):
+            gd.fit(LINEAR.loss, _Counts(np.arange(3)), optax.sgd, IT, **{**kw, "batched": False})
+    assert c.count == 0
+
+
+def test_a_typed_key_among_the_params_is_held_static():
+    params = {**LINEAR.init(jax.random.key(0), 4), "seed": jax.random.key(7)}
+    res = gd.fit(lambda p, ex: LINEAR.loss(p, ex), params, optax.sgd, IT, epochs=1, key=KEY, learning_rate=0.05)
+    assert res.params["seed"] is params["seed"] and res.final_loss < res.initial_loss
