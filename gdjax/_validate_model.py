@@ -58,7 +58,8 @@ def start(params: Any, model_state: Any, steps_per_epoch: int, *, name: str = "p
         )
     if isinstance(params, TrainState):
         return _continuing(params, model_state, steps_per_epoch, name=name, members=members)
-    if callable(params) and jax.tree.leaves(params) == [params]:  # a function, not a model holding arrays
+    leaves = jax.tree.leaves(params)
+    if callable(params) and len(leaves) == 1 and leaves[0] is params:  # a function, not a model holding arrays
         raise TypeError(
             f"{name} is a function, not parameters. gdjax takes the parameters (params=init(jax.random.key(0))); "
             f"to initialise each sweep member from its own seed, pass params=None, init=your_init and seeds=[...]."
