@@ -9,6 +9,7 @@ optimizer's in :mod:`gdjax._optimizer`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -222,3 +223,18 @@ def run_arguments(loss_fn: Any, data: Any, epochs: Any, key: Any, tol: Any, log_
     epochs = check_positive_int(epochs, "epochs", low=1)
     check_steps(epochs, it.num_batches)
     return RunArgs(it, epochs, check_key(key), check_tol(tol), check_positive_int(log_every, "log_every", low=1))
+
+
+def keyword_refusal(fn: Callable[..., Any], names: Any) -> str | None:
+    """Why ``fn(params, x, **names)`` cannot be called, by its signature (None: it can, or it cannot tell)."""
+    if not names:
+        return None
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and odd callables: tracing tells
+        return None
+    try:
+        signature.bind(None, None, **dict.fromkeys(names))
+    except TypeError as exc:
+        return str(exc)
+    return None

@@ -12,7 +12,6 @@ checks each metric on one batch's shapes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -180,19 +179,12 @@ def metric_shapes(
 
 def loss_keywords(loss_fn: Callable[..., Any], names: Any) -> None:
     """Fail now if ``loss_fn`` cannot take the keywords of ``loss_hyperparams``."""
-    if not names:
-        return
-    try:
-        signature = inspect.signature(loss_fn)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind(None, None, **dict.fromkeys(names))
-    except TypeError as exc:
+    why = _validate.keyword_refusal(loss_fn, names)
+    if why is not None:
         raise TypeError(
-            f"loss_hyperparams names {sorted(names)}, but loss_fn cannot take them as keywords ({exc}). Define it as "
+            f"loss_hyperparams names {sorted(names)}, but loss_fn cannot take them as keywords ({why}). Define it as "
             f"def loss_fn(params, example, *, {', '.join(names)}): ... ."
-        ) from None
+        )
 
 
 def loss_mapping(values: Any) -> dict[str, Any]:

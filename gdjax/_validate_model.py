@@ -9,7 +9,6 @@ epoch its step count ends (:class:`Start`).
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -58,7 +57,7 @@ def start(params: Any, model_state: Any, steps_per_epoch: int, *, name: str = "p
         )
     if isinstance(params, TrainState):
         return _continuing(params, model_state, steps_per_epoch, name=name, members=members)
-    leaves = jax.tree.leaves(params)
+    leaves = [leaf for _, leaf in _validate.leaves_with_paths(params, name)]  # mixed dict keys: a plain error
     if callable(params) and len(leaves) == 1 and leaves[0] is params:  # a function, not a model holding arrays
         raise TypeError(
             f"{name} is a function, not parameters. gdjax takes the parameters (params=init(jax.random.key(0))); "
@@ -169,18 +168,11 @@ def _shapes(tree: PyTree) -> str:
 def loss_keywords(loss_fn: Callable[..., Any], *, with_key: bool, stateful: bool) -> None:
     """Fail now if the loss cannot take ``key=`` (``with_key``) or ``model_state=``."""
     names = [n for n, on in (("key", with_key), ("model_state", stateful)) if on]
-    if not names:
-        return
-    try:
-        signature = inspect.signature(loss_fn)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind(None, None, **dict.fromkeys(names))
-    except TypeError as exc:
+    refusal = _validate.keyword_refusal(loss_fn, names)
+    if refusal is not None:
         why = {"key": "with_key=True passes each step's PRNG key", "model_state": "model_state= passes the state"}
         raise TypeError(
-            f"loss_fn cannot take {' and '.join(f'{n}=' for n in names)} ({exc}); "
+            f"loss_fn cannot take {' and '.join(f'{n}=' for n in names)} ({refusal}); "
             f"{'; '.join(why[n] for n in names)}. Define it as def loss_fn(params, example, *, "
             f"{', '.join(names)}): ... (key is None when gdjax evaluates), or drop the option."
-        ) from None
+        )

@@ -8,6 +8,9 @@ loss function and shapes, so equal runs in different files compile once when the
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import jax
 import numpy as np
@@ -27,3 +30,16 @@ def linear_problem(n: int, d: int, seed: int = 0) -> gd.problems.Regression:
         if isinstance(array, np.ndarray):
             array.setflags(write=False)
     return prob
+
+
+#: The repository's examples folder.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"gdjax_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
+from _shared import load_example
 
 pytestmark = pytest.mark.slow  # each script trains its models with its defaults: seconds each
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gdjax_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_seed_lesson(capsys):
-    out = _load("seed_lesson").main([])
+    out = load_example("seed_lesson").main([])
     runs, min_loss = out["runs"], out["min_loss"]
     assert set(runs) == {"batch GD", "SGD", "mini-batch GD (32)"}
     batch = runs["batch GD"]
@@ -42,7 +31,7 @@ def test_seed_lesson(capsys):
 def test_mlp_classifier():
     # optax's Adam is not strict-promotion safe (`b1 ** count`), so pin standard promotion here.
     with jax.numpy_dtype_promotion("standard"):
-        out = _load("mlp_classifier").main([])
+        out = load_example("mlp_classifier").main([])
     assert out["accuracy"] > 0.8
     assert out["accuracy"] > out["chance"] + 0.4
     assert np.all(np.isfinite(out["epoch_losses"]))
@@ -50,7 +39,7 @@ def test_mlp_classifier():
 
 
 def test_hand_written_loop():
-    out = _load("hand_written_loop").main([])
+    out = load_example("hand_written_loop").main([])
     mask = out["last_mask"]
     # N=1000, batch 64: the 16th batch holds 40 real examples and 24 masked padding slots, real ones first
     assert mask.shape == (64,)
@@ -65,7 +54,7 @@ def test_hand_written_loop():
 
 
 def test_lr_sweep(capsys):
-    out = _load("lr_sweep").main([])
+    out = load_example("lr_sweep").main([])
     lin = out["linear"]
     # the best constant step for least squares sits below the stability limit 2/L, and members above it diverge
     assert lin["best_lr"] < lin["limit"]
@@ -79,7 +68,7 @@ def test_lr_sweep(capsys):
 
 def test_model_selection(capsys):
     with jax.numpy_dtype_promotion("standard"):  # optax's AdamW, as above
-        out = _load("model_selection").main([])
+        out = load_example("model_selection").main([])
     sel, other = out["selected"], out["train_loss_pick"]
     assert sel["test_accuracy"] >= 0.9
     # 20% of the training labels are wrong: the member that fits them best (no weight decay, 100 epochs) has
@@ -96,7 +85,7 @@ def test_model_selection(capsys):
 
 
 def test_schedule_sweep():
-    out = _load("schedule_sweep").main([])
+    out = load_example("schedule_sweep").main([])
     assert out["given"] == {"warmup_cosine": [out["total_steps"]], "onecycle": [out["total_steps"]]}
     assert out["hyperparams"].keys() == {"learning_rate"}  # total_steps is given, not swept
     for name in ("warmup_cosine", "onecycle"):

@@ -8,9 +8,6 @@ evaluation and a metric) and the checks of bad input; the rest is marked slow.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import equinox as eqx  # the dev extra installs the models extra: these are never skipped
 import flax.linen as nn
 import jax
@@ -18,18 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _shared import load_example
 from flax import nnx
 
 import gdjax as gd
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"gdjax_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _leaves_equal(a, b) -> bool:
@@ -363,7 +352,7 @@ def test_an_nnx_module_with_batch_statistics_is_refused_with_the_recipe(blobs, c
 
 @pytest.mark.slow
 def test_example_equinox_mlp(capsys):
-    out = _load("equinox_mlp").main([])
+    out = load_example("equinox_mlp").main([])
     fit, sw = out["fit"], out["sweep"]
     assert isinstance(fit["model"], eqx.nn.MLP) and isinstance(sw["model"], eqx.nn.MLP)
     assert fit["test_accuracy"] >= 0.93
@@ -378,7 +367,7 @@ def test_example_equinox_mlp(capsys):
 
 @pytest.mark.slow
 def test_example_flax_nnx_cnn(capsys):
-    out = _load("flax_nnx_cnn").main(["--linen"])
+    out = load_example("flax_nnx_cnn").main(["--linen"])
     assert out["test_accuracy"] >= 0.95
     # gdjax's evaluation and the merged-back module agree (at most one of 360 images apart, from rounding)
     assert out["test_accuracy"] == pytest.approx(out["eval_acc"], abs=1.5 / 360)
