@@ -112,21 +112,40 @@ def optimizer_settings(optimizer: Any, params: Any) -> Any:
 
 
 def run_settings(
-    kind: str, loss_fn: Callable, optimizer: Any, it: DataIterator, key: jax.Array, trained: Any, **values: Any
+    kind: str,
+    cfg: Config,
+    args: RunArgs,
+    trained: Any,
+    params: dict[str, Any],
+    hyperparams: dict[str, Any],
+    loss_hyperparams: dict[str, Any],
+    eval_data: Any,
+    **extra: Any,
 ) -> dict:
     """The JSON-able description of a run that a checkpoint must match to be resumed.
 
     ``trained`` are the trained leaves of the params (a built optimizer is
-    recorded by the state it makes for them).
+    recorded by the state it makes for them), ``params`` what the run starts
+    from (:func:`start_settings`); the optimizer's and the loss's values are
+    numbers (a fit) or arrays of one per member (a sweep).
     """
+    as_lists = lambda values: {k: np.asarray(v).tolist() for k, v in values.items()}  # noqa: E731
     return {
         "kind": kind,
-        "loss_fn": describe(loss_fn),
-        "loss_fn_digest": function_digest(loss_fn),  # a closure of the same name over other values differs
-        "optimizer": optimizer_settings(optimizer, trained),
-        "data": data_settings(it),
-        "key": digest(key),
-        **values,
+        "loss_fn": describe(cfg.loss_fn),
+        "loss_fn_digest": function_digest(cfg.loss_fn),  # a closure of the same name over other values differs
+        "optimizer": optimizer_settings(cfg.optimizer, trained),
+        "data": data_settings(args.it),
+        "key": digest(args.key),
+        "hyperparams": as_lists(hyperparams),
+        "tol": args.tol,
+        "log_every": args.log_every,
+        "has_aux": cfg.has_aux,
+        "batched": cfg.batched,
+        "with_key": cfg.with_key,
+        "params": params,
+        "evaluation": evaluation_settings(cfg.evaluation, eval_data, as_lists(loss_hyperparams)),
+        **extra,
     }
 
 
@@ -154,22 +173,8 @@ def fit_settings(
     eval_data: Any,
 ) -> dict[str, Any]:
     """What a fit's checkpoints record (called only with a checkpoint: it hashes the data and params)."""
-    return run_settings(
-        "fit",
-        cfg.loss_fn,
-        cfg.optimizer,
-        args.it,
-        args.key,
-        start.init.params,
-        hyperparams={k: float(v) for k, v in hyperparams.items()},
-        tol=args.tol,
-        log_every=args.log_every,
-        has_aux=cfg.has_aux,
-        batched=cfg.batched,
-        params=start_settings(start),
-        with_key=cfg.with_key,
-        evaluation=evaluation_settings(cfg.evaluation, eval_data, {k: float(v) for k, v in loss_hyperparams.items()}),
-    )
+    trained = start.init.params
+    return run_settings("fit", cfg, args, trained, start_settings(start), hyperparams, loss_hyperparams, eval_data)
 
 
 def sweep_settings(
@@ -183,23 +188,16 @@ def sweep_settings(
     params = start_settings(starts.start)
     if starts.init is not None:
         params = {"init": describe(starts.init), "init_digest": function_digest(starts.init), **params}
-    as_lists = lambda values: {k: np.asarray(v).tolist() for k, v in values.items()}  # noqa: E731
     return run_settings(
         "sweep",
-        cfg.loss_fn,
-        cfg.optimizer,
-        args.it,
-        args.key,
+        cfg,
+        args,
         starts.one()[0],
-        hyperparams=as_lists(table.hyperparams),
+        params,
+        table.hyperparams,
+        table.loss_hyperparams,
+        eval_data,
         seeds=None if table.seeds is None else table.seeds.tolist(),
-        tol=args.tol,
-        log_every=args.log_every,
-        has_aux=cfg.has_aux,
-        batched=cfg.batched,
         chunk=where["chunk"],
         devices=where["devices"],
-        params=params,
-        with_key=cfg.with_key,
-        evaluation=evaluation_settings(cfg.evaluation, eval_data, as_lists(table.loss_hyperparams)),
     )
