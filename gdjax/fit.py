@@ -213,7 +213,7 @@ def fit(
     inputs = _config.inputs(cfg, args, st.init, hp, lhp, eval_arrays, first=st.first)
     hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt, cfg.evaluation.columns())
     with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
-        out = _runner.run(Layout(cfg), inputs, total // args.it.num_batches, first=st.first, hooks=hooks)
+        out = _runner.run(Layout(cfg), inputs, st.first + args.epochs, first=st.first, hooks=hooks)
     return FitResult.build(
         cfg,
         args.it,

@@ -175,7 +175,7 @@ def sweep(
     with_key = _validate.check_flag(with_key, "with_key")
     starts = _starts.Starts(params, init, table, args.key, model_state, args.it.num_batches)
     st = starts.start
-    total = _validate.check_steps(st.first + args.epochs, args.it.num_batches)
+    total = _validate.check_steps(st.first + args.epochs, args.it.num_batches)  # the schedules' total_steps
     _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=st.init.model_state is not None)
     optimizer_fn = _optimizer.with_total_steps(optimizer_fn, total, table.hyperparams)
     _optimizer.check_keywords(optimizer_fn, table.hyperparams, learning_rate="learning_rates")
@@ -240,7 +240,6 @@ def sweep(
                 eval_data=eval_arrays,
                 progress=progress,
                 checkpointer=ckpts[c.number],
-                last=total // args.it.num_batches,
             )
             for c in chunks
         ]
@@ -288,9 +287,8 @@ def _run_chunk(
     eval_data: PyTree,
     progress: bool,
     checkpointer: Checkpointer | None,
-    last: int,
 ) -> _runner.Outcome:
-    """Place one chunk's inputs on its devices and run it (to epoch ``last``)."""
+    """Place one chunk's inputs on its devices and run it (from the sweep's first epoch, ``args.epochs`` more)."""
     rows = lambda values: {k: v[chunk.rows] for k, v in values.items()}  # noqa: E731
     first = starts.start.first
     inputs = _config.inputs(
@@ -306,6 +304,7 @@ def _run_chunk(
     desc = "sweep" if num_chunks == 1 else f"sweep, chunk {chunk.number + 1}/{num_chunks}"
     bar = ProgressBar(args.epochs, desc, members=chunk.real) if progress else None
     hooks = _hooks.hooks(bar, checkpointer, layout.cfg.evaluation.columns())
+    last = first + args.epochs
     return _runner.run(layout, _place(layout, inputs, device), last, first=first, members=chunk.real, hooks=hooks)
 
 
