@@ -30,10 +30,28 @@ def digest(tree: PyTree) -> str:
     for leaf in leaves:
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        a = np.ascontiguousarray(jax.device_get(leaf))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
+        if isinstance(leaf, jax.Array) or not hasattr(leaf, "shape"):
+            leaf = np.asarray(jax.device_get(leaf))
+        _feed_rows(h, leaf)
     return h.hexdigest()
+
+
+#: Bytes of a host array's rows :func:`digest` reads at a time (a memmap or a streamed source is never read whole).
+_DIGEST_BLOCK = 64 << 20
+
+
+def _feed_rows(h: Any, leaf: Any) -> None:
+    """Hash an array-like's dtype (as JAX would use it), shape and bytes, a block of rows at a time."""
+    dtype = np.dtype(jax.dtypes.canonicalize_dtype(leaf.dtype)) if leaf.dtype != object else np.dtype(object)
+    shape = tuple(int(s) for s in leaf.shape)
+    h.update(f"{dtype.str}{shape}".encode())
+    if not shape:
+        h.update(np.ascontiguousarray(np.asarray(leaf, dtype)).tobytes())
+        return
+    row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    step = max(1, _DIGEST_BLOCK // row)
+    for start in range(0, shape[0], step):
+        h.update(np.ascontiguousarray(np.asarray(leaf[start : start + step], dtype)).tobytes())
 
 
 #: How many levels of functions captured by functions :func:`function_digest` follows.

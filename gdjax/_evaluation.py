@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax import _blocks
 from gdjax._types import PyTree
 from gdjax.data import Batch
 from gdjax.step import masked_mean
@@ -114,7 +115,7 @@ def evaluate(
     ev: Evaluation,
     objective: Callable[[PyTree, Batch], tuple[jax.Array, Any]],
     batched: bool,
-    data_sets: tuple[PyTree, ...],
+    data_sets: tuple[_blocks.Rows, ...],
     params: PyTree,
     dtype: Any,
     model: PyTree = None,
@@ -124,25 +125,26 @@ def evaluate(
 
     ``objective(params, batch)`` is the loss in inference mode; the metrics
     are called with ``model`` (the whole model, default ``params``) and
-    ``metric_keywords`` (the model state).
+    ``metric_keywords`` (the model state). Each data set is read in blocks
+    (:mod:`gdjax._blocks`), so the pass holds one block's temporaries.
     """
     model = params if model is None else model
     keywords = metric_keywords or {}
-    values = []
-    for data in data_sets:
-        n = jax.tree.leaves(data)[0].shape[0]
-        batch = Batch(data, jnp.ones((n,), bool))
+
+    def measure(batch: Batch) -> jax.Array:
         loss, aux = objective(params, batch)
-        values.append(jnp.reshape(loss, (1,)).astype(dtype))
+        values = [jnp.reshape(loss, (1,)).astype(dtype)]
         for fn in ev.metric_fns:
             if batched:
                 value = fn(model, batch, **keywords)
             else:
                 one = lambda m, x, fn=fn: fn(m, x, **keywords)  # noqa: E731
-                value = masked_mean(jax.vmap(one, in_axes=(None, 0))(model, data), batch.mask)
+                value = masked_mean(jax.vmap(one, in_axes=(None, 0))(model, batch.data), batch.mask)
             values.append(jnp.reshape(value, (1,)).astype(dtype))
         values.append(flatten_aux(aux, dtype))
-    return jnp.concatenate(values)
+        return jnp.concatenate(values)
+
+    return jnp.concatenate([_blocks.mean(measure, data) for data in data_sets])
 
 
 class Watch(NamedTuple):

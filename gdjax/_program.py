@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _evaluation
+from gdjax import _blocks, _evaluation
 from gdjax._run import (
     AXIS,
     LOSS_STREAM,
@@ -62,16 +62,27 @@ from gdjax.data import Batch, DataIterator
 from gdjax.step import TrainState, make_step
 
 
+def rows(cfg: Config, it: DataIterator, data: PyTree = None) -> _blocks.Rows:
+    """The training data (or another data set shaped like it) as full-data passes read it, in blocks."""
+    if data is None or isinstance(data, DataIterator):
+        source = it if data is None else data
+        return _blocks.Rows(
+            source.read, source.num_examples, _blocks.block_rows(source.data, it.batch_size, cfg.block_elements)
+        )
+    n = jax.tree.leaves(data)[0].shape[0]
+    return _blocks.Rows(_blocks.slicer(data), n, _blocks.block_rows(data, it.batch_size, cfg.block_elements))
+
+
 def full_loss(cfg: Config, it: DataIterator, train: TrainState, loss_hparams: dict[str, jax.Array]) -> jax.Array:
-    """Mean loss over every example of the data set (as evaluated: no key, the model state unchanged)."""
-    mask = jnp.ones((it.num_examples,), bool)
+    """Mean loss over every example of the data set (as evaluated: no key, the model state unchanged), in blocks."""
     objective = cfg.inference(loss_hparams, train.model_state)
-    return objective(train.params, Batch(it.data, mask))[0].astype(cfg.loss_dtype)
+    loss = lambda batch: jnp.reshape(objective(train.params, batch)[0], (1,)).astype(cfg.loss_dtype)  # noqa: E731
+    return _blocks.mean(loss, rows(cfg, it))[0]
 
 
 def _row(cfg: Config, it: DataIterator, eval_data: PyTree, train: TrainState, member: _Member) -> jax.Array:
     """The evaluation row of ``train``'s params and model state (see :func:`gdjax._evaluation.evaluate`)."""
-    sets = (it.data,) if eval_data is None else (it.data, eval_data)
+    sets = (rows(cfg, it),) if eval_data is None else (rows(cfg, it), rows(cfg, it, eval_data))
     objective = cfg.inference(member.loss_hparams, train.model_state)
     keywords = {"model_state": train.model_state} if cfg.stateful else {}
     model = cfg.model(train.params)
@@ -111,7 +122,7 @@ def start(cfg: Config, it: DataIterator, init: TrainState, member: _Member, firs
     )
 
 
-def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos) -> tuple:
+def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos, epoch) -> tuple:
     """The epoch's scan over its batches, with the per-step divergence fallback."""
     step = make_step(
         cfg.bind(member.loss_hparams),
@@ -124,10 +135,11 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
     loss_key = jax.random.fold_in(key, LOSS_STREAM) if cfg.with_key else None
     nan = jnp.array(jnp.nan, cfg.loss_dtype)
 
-    def one_step(carry, xs):
+    def one_step(carry, xs, rows=None):
         state, last_good, diverged, diverged_at = carry
-        b_idx, b_mask, b_pos = xs
-        new, metrics = step(state, it.gather(b_idx, b_mask), loss_key)
+        b_idx, b_mask, b_pos = xs  # indices into the data, or for streamed data into the block of ``rows`` read
+        batch = it.gather(b_idx, b_mask) if rows is None else Batch(_take(rows, b_idx), b_mask)
+        new, metrics = step(state, batch, loss_key)
         loss = metrics["loss"].astype(cfg.loss_dtype)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
         # The loss of ``state`` on this batch vouches for ``state``: keep it as the fallback and move on;
@@ -139,8 +151,55 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
         return carry, (jnp.where(diverged, nan, loss), jnp.where(diverged, nan, aux))
 
     init = (run.train, run.train, run.diverged, run.diverged_at)
-    (state, _, diverged, diverged_at), (losses, aux) = jax.lax.scan(one_step, init, (idx, mask, pos), unroll=cfg.unroll)
+    if it.on_device:
+        carry, (losses, aux) = jax.lax.scan(one_step, init, (idx, mask, pos), unroll=cfg.unroll)
+    else:
+        carry, (losses, aux) = _streamed_steps(it, one_step, init, (idx, mask, pos), key, epoch, cfg.unroll)
+    state, _, diverged, diverged_at = carry
     return state, diverged, diverged_at, losses, aux
+
+
+def _take(data: PyTree, idx: jax.Array) -> PyTree:
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), data)
+
+
+def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple, key, epoch, unroll: int) -> tuple:
+    """The epoch's steps over streamed data: a scan over blocks of ``it.chunk_steps`` batches read from the host.
+
+    Each block's read names the next block's indices (for the last, the next epoch's first), so the host
+    reads it while this one computes.
+    """
+    idx, mask, pos = xs
+    steps, b = it.num_batches, it.batch_size
+    # Blocks are whole groups of the scan's unrolled steps (or divide one group), so every step sits in the
+    # unrolled code exactly where the on-device program has it: XLA compiles them alike, to the same bits.
+    k = it.chunk_steps
+    k = k // unroll * unroll if k >= unroll else 1 << (k.bit_length() - 1)
+    k = k if unroll % k == 0 or k % unroll == 0 else 1
+    full, rest = divmod(steps, k)
+    ahead, ahead_mask = it.epoch_indices(key, epoch + 1, count=k)
+    upcoming = jnp.where(ahead_mask, ahead, -1)
+
+    def block(carry, xs):
+        b_idx, b_mask, b_pos, b_next = xs
+        rows = it.gather(b_idx.reshape(-1), b_mask, b_next).data  # the block's batches, one after another
+        local = jnp.arange(b_idx.size, dtype=jnp.int32).reshape(b_idx.shape)
+        # Each step gathers its batch from the block as the on-device program gathers it from the data, so
+        # XLA compiles the same step around the same gather: the same bits.
+        return jax.lax.scan(functools.partial(one_step, rows=rows), carry, (local, b_mask, b_pos), unroll=unroll)
+
+    outs = []
+    carry = init
+    if full:
+        shaped = lambda a: a[: full * k].reshape(full, k, *a.shape[1:])  # noqa: E731
+        after = jnp.full((k, b), -1, jnp.int32).at[:rest].set(idx[full * k :]) if rest else upcoming
+        nexts = jnp.concatenate([shaped(idx)[1:], after[None]])
+        carry, out = jax.lax.scan(block, carry, (shaped(idx), shaped(mask), shaped(pos), nexts), unroll=max(1, unroll // k))
+        outs.append(jax.tree.map(lambda a: a.reshape(full * k, *a.shape[2:]), out))
+    if rest:
+        carry, out = block(carry, (idx[full * k :], mask[full * k :], pos[full * k :], upcoming))
+        outs.append(out)
+    return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
 def _log(cfg: Config, run: RunState, losses: jax.Array, aux: jax.Array, epoch, pos, steps: int) -> tuple:
@@ -161,7 +220,7 @@ def _epoch(
     """One epoch of one run over the given batch indices; a no-op for a stopped run."""
     steps, ev = it.num_batches, cfg.evaluation
     pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
-    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos)
+    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos, epoch)
     sums, aux_sums = _log(cfg, run, losses, aux, epoch, pos, steps)
     done = epoch + 1
     nan_row = jnp.full((ev.width,), jnp.nan, cfg.loss_dtype)

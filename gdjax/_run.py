@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from gdjax import _blocks
 from gdjax._caches import callable_key
 from gdjax._evaluation import Evaluation, Watch
 from gdjax._trainable import Static, combine
@@ -69,6 +70,8 @@ class Config:
     with_key: bool = False
     stateful: bool = False
     static: Static | None = None  # the leaves of the model that are not trained (None: every leaf is)
+    #: values one block of a full-data pass reads (:mod:`gdjax._blocks`); read when the config is made
+    block_elements: int = dataclasses.field(default_factory=lambda: _blocks.BLOCK_ELEMENTS)
 
     @classmethod
     def make(cls, loss_fn: Callable[..., Any], optimizer: Any, **values: Any) -> Config:

@@ -153,7 +153,9 @@ def evaluation_settings(ev: Any, eval_data: Any, loss_hparams: dict[str, Any]) -
     """The evaluation options a checkpoint records: metrics (by name and digest), data, monitor, loss values."""
     return {
         "metrics": {name: function_digest(fn) for name, fn in zip(ev.metric_names, ev.metric_fns, strict=True)},
-        "eval_data": None if eval_data is None else digest(eval_data),
+        "eval_data": None
+        if eval_data is None
+        else digest(eval_data.data if isinstance(eval_data, DataIterator) else eval_data),
         "eval_every": ev.eval_every,
         "monitor": ev.monitor,
         "mode": ev.mode,

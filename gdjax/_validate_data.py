@@ -27,11 +27,15 @@ def leaf_name(path: tuple, root: str = "data") -> str:
     return root + jax.tree_util.keystr(path) if path else root
 
 
-def check_leaf(path: tuple, leaf: Any, root: str = "data") -> Any:
-    """Check one data leaf on the host; float64 becomes float32 unless x64 is on."""
+def check_leaf(path: tuple, leaf: Any, root: str = "data", convert: bool = True) -> Any:
+    """Check one data leaf on the host; with ``convert``, float64 becomes float32 unless x64 is on.
+
+    An array-like with ``shape``, ``dtype`` and row slicing (a memmap, a source's leaf) is read in blocks, never whole.
+    """
     name = leaf_name(path, root)
     try:
-        arr = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+        array_like = isinstance(leaf, jax.Array | np.ndarray) or (hasattr(leaf, "shape") and hasattr(leaf, "dtype"))
+        arr = leaf if array_like else np.asarray(leaf)
     except Exception as exc:
         raise TypeError(f"{name} must be an array; got {type(leaf).__name__} ({exc}).") from None
     dtype = np.dtype(arr.dtype) if not jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key) else None
@@ -53,9 +57,9 @@ def check_leaf(path: tuple, leaf: Any, root: str = "data") -> Any:
         )
     assert dtype is not None  # a key was refused above
     if jnp.issubdtype(dtype, jnp.floating):
-        arr = _check_floats(name, arr, dtype)
+        arr = _check_floats(name, arr, dtype, convert)
     elif jnp.issubdtype(dtype, jnp.integer):
-        arr = _check_integers(name, arr, dtype)
+        arr = _check_integers(name, arr, dtype, convert)
     return arr
 
 
@@ -71,7 +75,7 @@ def _blocks(arr: Any) -> Iterator[tuple[int, np.ndarray]]:
         yield start, np.asarray(arr[start : start + rows]).reshape(-1, per_row)
 
 
-def _check_floats(name: str, arr: Any, dtype: np.dtype) -> Any:
+def _check_floats(name: str, arr: Any, dtype: np.dtype, convert: bool = True) -> Any:
     """Refuse NaN/inf, and values that overflow the float32 gdjax would use; float64 becomes float32 without x64."""
     narrow = dtype == np.float64 and not x64_enabled()
     bad_rows, first_bad, big_rows, first_big, biggest = 0, None, 0, None, 0.0
@@ -109,11 +113,11 @@ def _check_floats(name: str, arr: Any, dtype: np.dtype) -> Any:
                 UserWarning,
                 stacklevel=5,
             )
-        arr = np.asarray(arr, np.float32)
+        arr = np.asarray(arr, np.float32) if convert else arr
     return arr
 
 
-def _check_integers(name: str, arr: Any, dtype: np.dtype) -> Any:
+def _check_integers(name: str, arr: Any, dtype: np.dtype, convert: bool = True) -> Any:
     """64-bit integers become 32-bit without x64, where that keeps every value; else a clear error."""
     if dtype.itemsize < 8 or x64_enabled():
         return arr
@@ -130,4 +134,4 @@ def _check_integers(name: str, arr: Any, dtype: np.dtype) -> Any:
             f"(data.astype('float32'), or rescale timestamps and ids first), or enable "
             f"jax.config.update('jax_enable_x64', True)."
         )
-    return np.asarray(arr, narrow)
+    return np.asarray(arr, narrow) if convert else arr

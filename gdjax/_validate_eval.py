@@ -22,7 +22,7 @@ from gdjax import _validate
 from gdjax._caches import callable_key
 from gdjax._evaluation import MAXIMISED, Evaluation
 from gdjax._types import PyTree
-from gdjax.data import Batch, DataIterator, _prepare
+from gdjax.data import Batch, DataIterator, _build
 
 
 def evaluation(
@@ -79,28 +79,35 @@ def evaluation(
 
 
 def _eval_data(it: DataIterator, eval_data: Any) -> PyTree:
-    """The evaluation data's arrays, checked like training data and against its structure and feature shapes."""
+    """The evaluation data, checked like training data and against its structure and feature shapes.
+
+    Arrays go on the device when the training data is there; beside streamed training data they are placed
+    or streamed by size (``on_device=None``). A :class:`DataIterator` keeps its placement.
+    """
     if eval_data is None:
         return None
-    if isinstance(eval_data, DataIterator):
-        eval_data = eval_data.data
-    leaves = _prepare(eval_data, "eval_data")
-    ours: Any = jax.tree.structure(eval_data)
+    given = eval_data if isinstance(eval_data, DataIterator) else None
+    if given is None:
+        eval_data = _build(eval_data, None, False, False, True if it.on_device else None, root="eval_data")
+    ours: Any = jax.tree.structure(eval_data.data)
     theirs = jax.tree.structure(it.data)
     if ours != theirs:
         raise ValueError(
-            f"eval_data must have the structure of the training data ({_shapes(it.data)}); got {_shapes(eval_data)}. "
-            f"Split both from one data set, e.g. {{'x': X_val, 'y': y_val}} beside {{'x': X, 'y': y}}."
+            f"eval_data must have the structure of the training data ({_shapes(it.data)}); got "
+            f"{_shapes(eval_data.data)}. Split both from one data set, e.g. {{'x': X_val, 'y': y_val}} beside "
+            f"{{'x': X, 'y': y}}."
         )
+    leaves = jax.tree_util.tree_flatten_with_path(eval_data.data)[0]
     for (path, ev), train in zip(leaves, jax.tree.leaves(it.data), strict=True):
-        if ev.shape[1:] != train.shape[1:] or ev.dtype != train.dtype:
+        ev_dtype, train_dtype = (jax.dtypes.canonicalize_dtype(x.dtype) for x in (ev, train))
+        if ev.shape[1:] != train.shape[1:] or ev_dtype != train_dtype:
             name = "eval_data" + jax.tree_util.keystr(path)
             raise ValueError(
-                f"{name} has examples of shape {tuple(ev.shape[1:])} and dtype {ev.dtype}, but the training data's "
-                f"are {tuple(train.shape[1:])} and {train.dtype}. Give evaluation examples shaped like the "
+                f"{name} has examples of shape {tuple(ev.shape[1:])} and dtype {ev_dtype}, but the training data's "
+                f"are {tuple(train.shape[1:])} and {train_dtype}. Give evaluation examples shaped like the "
                 f"training examples."
             )
-    return jax.tree.unflatten(ours, [jax.device_put(leaf) for _, leaf in leaves])
+    return eval_data.data if eval_data.on_device else eval_data
 
 
 def _shapes(tree: PyTree) -> str:

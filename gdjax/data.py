@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax import _validate, _validate_data
+from gdjax import _sources, _stream, _validate, _validate_data
 from gdjax._types import PyTree, ceil_div
 from gdjax.shuffle import permute, round_keys
 
@@ -68,7 +68,6 @@ class IteratorState(NamedTuple):
     batch: jax.Array
 
 
-@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DataIterator:
     """Batches over a pytree of arrays that share a leading axis.
@@ -84,13 +83,29 @@ class DataIterator:
       shuffle: whether each epoch has a fresh order drawn from ``(key, epoch)``.
       drop_remainder: whether the last ``N % B`` examples of each epoch's
         order are skipped instead of padded.
+      stream: for streamed data (``on_device=False``), how the compiled
+        program reads it from the host (:mod:`gdjax._stream`); None when
+        the data is on the device.
     """
 
     data: PyTree
-    num_examples: int = dataclasses.field(metadata={"static": True})
-    batch_size: int = dataclasses.field(metadata={"static": True})
-    shuffle: bool = dataclasses.field(metadata={"static": True})
-    drop_remainder: bool = dataclasses.field(metadata={"static": True})
+    num_examples: int
+    batch_size: int
+    shuffle: bool
+    drop_remainder: bool
+    stream: _stream.Stream | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the data is on the device (False: streamed from where it lives, read in the epoch's order)."""
+        return self.stream is None
+
+    def __repr__(self) -> str:
+        where = "on the device" if self.on_device else "streamed from the host"
+        return (
+            f"DataIterator(N={self.num_examples}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_remainder={self.drop_remainder}, data {where})"
+        )
 
     @property
     def num_batches(self) -> int:
@@ -127,16 +142,19 @@ class DataIterator:
         positions = batch * self.batch_size + jnp.arange(self.batch_size, dtype=jnp.int32)
         return self._lookup(key, epoch, positions)
 
-    def epoch_indices(self, key: jax.Array, epoch: jax.Array | int) -> tuple[jax.Array, jax.Array]:
-        """Indices and masks of every batch of one epoch; traceable.
+    def epoch_indices(
+        self, key: jax.Array, epoch: jax.Array | int, count: int | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """Indices and masks of every batch of one epoch (or of its first ``count``); traceable.
 
         Returns:
           ``(idx, mask)`` of shapes ``(num_batches, batch_size)``; row ``b``
           equals ``self.indices(key, epoch, b)``.
         """
-        positions = jnp.arange(self.num_batches * self.batch_size, dtype=jnp.int32)
+        count = self.num_batches if count is None else count
+        positions = jnp.arange(count * self.batch_size, dtype=jnp.int32)
         idx, mask = self._lookup(key, epoch, positions)
-        shape = (self.num_batches, self.batch_size)
+        shape = (count, self.batch_size)
         return idx.reshape(shape), mask.reshape(shape)
 
     def _lookup(self, key: jax.Array, epoch: jax.Array | int, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -148,11 +166,33 @@ class DataIterator:
         idx = permute(positions, round_keys(key, epoch), n) if self.shuffle else positions
         return idx, mask
 
-    def gather(self, idx: jax.Array, mask: jax.Array) -> Batch:
-        """The batch at ``idx`` (from :meth:`indices`), gathered on the device."""
-        if self.is_whole_data:
+    def gather(self, idx: jax.Array, mask: jax.Array, upcoming: jax.Array | None = None) -> Batch:
+        """The batch at ``idx`` (from :meth:`indices`; any leading shape), gathered on the device.
+
+        For streamed data the rows are read on the host; ``upcoming`` (indices,
+        -1 for none) names the rows the next call will ask for, read ahead.
+        """
+        if self.stream is not None:
+            return Batch(_stream.take(self.stream, idx, upcoming), mask)
+        if self.is_whole_data and idx.ndim == 1:
             return Batch(self.data, mask)
         return Batch(jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), self.data), mask)
+
+    def read(self, start: jax.Array | int, count: int, next_start: jax.Array | int | None = None) -> PyTree:
+        """Rows ``[start, start + count)`` of the data, in storage order (traceable; ``count`` static).
+
+        ``next_start`` is where the caller reads next (streamed data reads it ahead).
+        """
+        if self.stream is not None:
+            return _stream.rows(
+                self.stream, jnp.asarray(start), count, None if next_start is None else jnp.asarray(next_start)
+            )
+        return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, count), self.data)
+
+    @property
+    def chunk_steps(self) -> int:
+        """Batches a streamed epoch reads from the host at a time (1 for on-device data)."""
+        return 1 if self.stream is None else min(self.num_batches, self.stream.spec.chunk_steps)
 
     @property
     def is_whole_data(self) -> bool:
@@ -207,11 +247,43 @@ class DataIterator:
         epoch = _check_epoch(epoch)
         start = _validate.check_positive_int(start, "start", low=0, high=self.num_batches)
         idx, mask = _epoch_indices(self, key, epoch)
+        if self.stream is None:
+            for b in range(start, self.num_batches):
+                yield _gather(self, idx[b], mask[b])
+            return
+        reader, treedef = self.stream.reader, self.stream.spec.treedef
+        assert reader is not None
+        order = np.asarray(idx).astype(np.int64)
         for b in range(start, self.num_batches):
-            yield _gather(self, idx[b], mask[b])
+            if b + 1 < self.num_batches:
+                _stream.read_ahead(reader, order[b + 1])
+            rows = _stream.answer(reader, order[b])
+            yield Batch(jax.tree.unflatten(treedef, [jax.device_put(x) for x in rows]), mask[b])
 
     def __iter__(self):
         raise TypeError("A DataIterator needs a key to iterate: use it.iterate(jax.random.key(seed), epoch=0).")
+
+
+def _flatten(it: DataIterator) -> tuple[tuple[Any], tuple]:
+    spec = None if it.stream is None else it.stream.spec
+    aux = (it.num_examples, it.batch_size, it.shuffle, it.drop_remainder, spec)
+    if it.stream is None:
+        return (it.data,), aux
+    token = it.stream.token
+    return (np.int32(token) if isinstance(token, int) else token,), aux
+
+
+def _unflatten(aux: tuple, children: tuple[Any]) -> DataIterator:
+    n, b, shuffle, drop, spec = aux
+    (child,) = children
+    if spec is None:
+        return DataIterator(child, n, b, shuffle, drop)
+    reader = _stream.lookup(child)  # a concrete token names its reader; inside a trace only the spec is known
+    data = reader.data if reader is not None else jax.tree.unflatten(spec.treedef, spec.shapes((n,)))
+    return DataIterator(data, n, b, shuffle, drop, _stream.Stream(child, spec, reader))
+
+
+jax.tree_util.register_pytree_node(DataIterator, _flatten, _unflatten)
 
 
 #: The largest epoch number: epochs are int32 in the compiled programs (and uint32 in the shuffle's key).
@@ -237,74 +309,124 @@ def _gather(it: DataIterator, idx: jax.Array, mask: jax.Array) -> Batch:
     return it.gather(idx, mask)
 
 
-def minibatch(data: PyTree, batch_size: int, *, shuffle: bool = True, drop_remainder: bool = False) -> DataIterator:
+def minibatch(
+    data: PyTree, batch_size: int, *, shuffle: bool = True, drop_remainder: bool = False, on_device: bool | None = None
+) -> DataIterator:
     """Mini-batches of ``batch_size`` examples, reshuffled every epoch.
 
     Args:
-      data: a pytree of arrays (numpy or JAX) that share a leading axis of
-        ``N`` examples; for example ``{"x": X, "y": y}`` or ``(X, y)``.
+      data: a pytree of arrays (numpy, memmaps or JAX) that share a leading
+        axis of ``N`` examples, for example ``{"x": X, "y": y}`` or
+        ``(X, y)``; or a random-access source: an object with ``__len__``
+        and ``__getitem__(index_array)`` returning the pytree of those
+        examples (a grain data source, an adapter over an h5py file).
       batch_size: examples per batch, in ``[1, N]``.
       shuffle: draw a fresh order each epoch from ``(key, epoch)``; with
         ``False`` batches follow storage order.
       drop_remainder: skip the last ``N % batch_size`` examples of each
         epoch's order instead of padding them into a masked last batch.
+      on_device: ``True`` places the data on the device once; ``False``
+        leaves it where it is and streams it: the compiled run reads each
+        block of batches from the host in the epoch's order (the same
+        batches, bit for bit), reading the next block while it computes on
+        this one. ``None`` (the default) places arrays that take at most
+        half the device's free memory and streams the rest (and random-access
+        sources); ``repr`` and the results say which.
 
     Returns:
-      A :class:`DataIterator` with the data on the default device.
+      A :class:`DataIterator`.
 
     Raises:
       ValueError: leading axes differ, data is empty, has a zero-length
-        feature axis or a non-finite value, or ``batch_size`` is out of range.
-      TypeError: a leaf is not a real-valued array, or ``batch_size`` is not
-        an integer.
+        feature axis or a non-finite value, ``batch_size`` is out of range, or
+        ``on_device=True`` and the data does not fit the device's free memory.
+      TypeError: a leaf is not a real-valued array, a source lacks
+        ``__len__``/``__getitem__``, or ``batch_size`` is not an integer.
 
     Example:
       >>> import numpy as np, gdjax as gd
       >>> it = gd.minibatch({"x": np.zeros((100, 3), np.float32), "y": np.zeros(100, np.float32)}, batch_size=32)
-      >>> it.num_batches, it.batch_size
-      (4, 32)
+      >>> it.num_batches, it.batch_size, it.on_device
+      (4, 32, True)
+      >>> gd.minibatch(np.zeros((100, 3), np.float32), 32, on_device=False)
+      DataIterator(N=100, batch_size=32, shuffle=True, drop_remainder=False, data streamed from the host)
     """
-    return _build(data, batch_size, shuffle, drop_remainder)
+    return _build(data, batch_size, shuffle, drop_remainder, on_device)
 
 
-def _build(data: PyTree, batch_size: int | None, shuffle: bool, drop_remainder: bool) -> DataIterator:
-    """Check everything and build the iterator; ``batch_size=None`` means ``N``."""
-    leaves = _prepare(data)
-    n = leaves[0][1].shape[0]
-    batch_size = n if batch_size is None else _validate.check_positive_int(batch_size, "batch_size", low=1, high=n)
+def _build(
+    data: PyTree,
+    batch_size: int | None,
+    shuffle: bool,
+    drop_remainder: bool,
+    on_device: bool | None,
+    root: str = "data",
+) -> DataIterator:
+    """Check everything and build the iterator; ``batch_size=None`` means ``N``; ``root`` names the argument."""
+    if isinstance(data, DataIterator):
+        raise TypeError(f"{root} is already a DataIterator; pass its .data to build another one.")
     if not isinstance(shuffle, bool):
         raise TypeError(f"shuffle must be True or False; got {shuffle!r}.")
     if not isinstance(drop_remainder, bool):
         raise TypeError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
-    treedef = jax.tree.structure(data)
-    arrays = jax.tree.unflatten(treedef, [jax.device_put(leaf) for _, leaf in leaves])
-    return DataIterator(arrays, n, batch_size, shuffle, drop_remainder)
+    tree = _sources.as_tree(data, root)
+    shaped = all(hasattr(x, "shape") for _, x in _validate.leaves_with_paths(tree, root))
+    device = _sources.place(on_device, tree, root) if shaped else on_device is not False  # else _prepare says why
+    if device:
+        tree = _sources.load(tree)
+    leaves = _prepare(tree, root, convert=device)
+    n = leaves[0][1].shape[0]
+    batch_size = n if batch_size is None else _validate.check_positive_int(batch_size, "batch_size", low=1, high=n)
+    treedef = jax.tree.structure(tree)
+    if device:
+        arrays = jax.tree.unflatten(treedef, [jax.device_put(leaf) for _, leaf in leaves])
+        return DataIterator(arrays, n, batch_size, shuffle, drop_remainder)
+    return _streamed(jax.tree.unflatten(treedef, [leaf for _, leaf in leaves]), n, batch_size, shuffle, drop_remainder)
 
 
-def stochastic(data: PyTree, *, shuffle: bool = True) -> DataIterator:
-    """One example per step, shuffled each epoch: stochastic gradient descent.
+def _streamed(tree: PyTree, n: int, batch_size: int, shuffle: bool, drop_remainder: bool) -> DataIterator:
+    """A streamed iterator over the host data ``tree`` (checked): its reader and the program's static spec."""
+    leaves, treedef = jax.tree.flatten(tree)
+    dtypes = [np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)) for x in leaves]
+    rows = tuple((tuple(int(d) for d in x.shape[1:]), dt) for x, dt in zip(leaves, dtypes, strict=True))
+    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
+    chunk = max(1, _stream.CHUNK_BYTES // max(1, batch_size * row_bytes))
+    reader = _sources.reader(tree, dtypes)
+    reader.data = tree
+    spec = _stream.Spec(treedef, rows, chunk)
+    return DataIterator(tree, n, batch_size, shuffle, drop_remainder, _stream.Stream(reader.token, spec, reader))
+
+
+def stochastic(data: PyTree, *, shuffle: bool = True, on_device: bool | None = None) -> DataIterator:
+    """One example per step, shuffled each epoch: stochastic gradient descent (``on_device`` as in :func:`minibatch`).
 
     Example:
       >>> import numpy as np, gdjax as gd
       >>> gd.stochastic(np.zeros((50, 2), np.float32)).num_batches
       50
     """
-    return _build(data, 1, shuffle, False)
+    return _build(data, 1, shuffle, False, on_device)
 
 
-def full_batch(data: PyTree) -> DataIterator:
+def full_batch(data: PyTree, *, on_device: bool | None = None) -> DataIterator:
     """All ``N`` examples in every step, one step per epoch: batch gradient descent.
+
+    ``on_device`` is as in :func:`minibatch`; streamed, every step reads the whole data set.
 
     Example:
       >>> import numpy as np, gdjax as gd
       >>> gd.full_batch(np.zeros((50, 2), np.float32)).num_batches
       1
     """
-    return _build(data, None, False, False)
+    return _build(data, None, False, False, on_device)
 
 
-def _prepare(data: PyTree, root: str = "data") -> list[tuple[tuple, jax.Array]]:
-    """Check ``data`` (the argument named ``root``) and return its (path, host or device array) leaves."""
+def _prepare(data: PyTree, root: str = "data", convert: bool = True) -> list[tuple[tuple, Any]]:
+    """Check ``data`` (the argument named ``root``) and return its (path, host or device array) leaves.
+
+    With ``convert``, 64-bit leaves become the 32-bit arrays JAX will use (without x64); streamed data
+    is converted block by block as it is read instead.
+    """
     if isinstance(data, DataIterator):
         raise TypeError(f"{root} is already a DataIterator; pass its .data to build another one.")
     paths = _validate.leaves_with_paths(data, root)
@@ -313,7 +435,7 @@ def _prepare(data: PyTree, root: str = "data") -> list[tuple[tuple, jax.Array]]:
             f"{root} is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
             "such as {'x': X, 'y': y}."
         )
-    leaves = [(path, _validate_data.check_leaf(path, leaf, root)) for path, leaf in paths]
+    leaves = [(path, _validate_data.check_leaf(path, leaf, root, convert)) for path, leaf in paths]
     lengths = {_validate_data.leaf_name(path, root): arr.shape[0] for path, arr in leaves}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())

@@ -77,6 +77,7 @@ class FitResult:
       wall_time: seconds the compiled run took, compilation excluded.
       compile_time: seconds spent tracing and compiling (about 0 when cached).
       resumed_from: the epoch a checkpoint resumed this run from (0: from the start).
+      on_device: the training data was on the device (False: streamed from the host, see :func:`gdjax.minibatch`).
     """
 
     params: PyTree
@@ -111,6 +112,7 @@ class FitResult:
     resumed_from: int = 0
     best_model_state: PyTree | None = None
     first_epoch: int = 0
+    on_device: bool = True
 
     @property
     def examples_seen(self) -> int:
@@ -157,6 +159,7 @@ class FitResult:
             best_params=cfg.model(run.watch.best_params) if ev.keep_best and best >= 0 else None,
             best_model_state=run.watch.best_model_state if ev.keep_best and best >= 0 else None,
             first_epoch=int(np.max(jax.device_get(run.first))),
+            on_device=it.on_device,
             stopped_early=bool(h.stopped_early[0]),
             log_every=cfg.log_every,
             steps_per_epoch=it.num_batches,
@@ -214,6 +217,7 @@ class SweepResult:
       wall_time: seconds the compiled runs took (compilation excluded).
       compile_time: seconds spent compiling (about 0 when cached).
       devices: devices the members were split over.
+      on_device: the training data was on the device (False: streamed from the host).
       resumed_from: ``(M,)`` the epoch a checkpoint resumed each member from
         (0: from the start). Each chunk of members (``chunk_size``) has its own
         checkpoints, so members of one chunk share a value; members of a chunk
@@ -254,6 +258,7 @@ class SweepResult:
     resumed_from: np.ndarray
     best_epoch_model_state: PyTree | None = None
     first_epoch: int = 0
+    on_device: bool = True
 
     @classmethod
     def build(cls, cfg: Config, it: DataIterator, run: RunState, **extra: Any) -> SweepResult:
@@ -273,6 +278,7 @@ class SweepResult:
             steps_per_epoch=it.num_batches,
             batch_size=it.batch_size,
             examples_per_epoch=it.examples_per_epoch,
+            on_device=it.on_device,
             **h._asdict(),
             **extra,
         )
