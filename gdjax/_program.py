@@ -194,7 +194,9 @@ def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple
         shaped = lambda a: a[: full * k].reshape(full, k, *a.shape[1:])  # noqa: E731
         after = jnp.full((k, b), -1, jnp.int32).at[:rest].set(idx[full * k :]) if rest else upcoming
         nexts = jnp.concatenate([shaped(idx)[1:], after[None]])
-        carry, out = jax.lax.scan(block, carry, (shaped(idx), shaped(mask), shaped(pos), nexts), unroll=max(1, unroll // k))
+        carry, out = jax.lax.scan(
+            block, carry, (shaped(idx), shaped(mask), shaped(pos), nexts), unroll=max(1, unroll // k)
+        )
         outs.append(jax.tree.map(lambda a: a.reshape(full * k, *a.shape[2:]), out))
     if rest:
         carry, out = block(carry, (idx[full * k :], mask[full * k :], pos[full * k :], upcoming))

@@ -16,12 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _shared import LINEAR, linear_problem
 from hypothesis import given, settings
 
 import gdjax as gd
 from gdjax import _sources, _stream
-
-from _shared import LINEAR, linear_problem
 
 KEY = jax.random.key(7)
 

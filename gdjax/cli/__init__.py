@@ -8,6 +8,8 @@
   sweep's summary and writes ``results.csv``, ``summary.json``, ``sweep.png``
   and ``curves.png``; with ``--validation FRACTION`` the best learning rate
   is chosen by the loss on held-out rows (see :mod:`gdjax.cli._split`).
+  The file is read in chunks into a memory-mapped data cache inside the
+  output folder, once (see :mod:`gdjax.cli._csvcache`).
 
 Any bad input (a missing or malformed file, an option out of range, an
 argument gdjax refuses, an output that cannot be written) ends the command

@@ -8,7 +8,7 @@ import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,12 +16,11 @@ import optax
 
 import gdjax as gd
 from gdjax import __version__
-from gdjax.cli import csvdata
 from gdjax.cli._common import check, gdjax_call, plural
 from gdjax.cli._files import SWEEP_FILES, json_ready, out_dir, write_error, write_results
 from gdjax.cli._limits import check_size
 from gdjax.cli._parser import MODELS, OPTIMIZERS
-from gdjax.cli._split import split_rows
+from gdjax.cli._sweepdata import Data, find, load
 
 CHOSEN_BY = {"loss": "training loss", "eval_loss": "validation loss"}  # what the monitored value is, in plain words
 
@@ -124,40 +123,6 @@ def _shown_classes(classes: list[int]) -> str:
     return f"{len(classes)} classes: {', '.join(shown)}"
 
 
-class _Data(NamedTuple):
-    """The rows a command-line sweep trains on and, with ``--validation``, evaluates on."""
-
-    train: dict[str, np.ndarray]
-    validation: dict[str, np.ndarray] | None
-    split: dict[str, Any] | None  # summary.json's "split"
-
-
-def _load(args: argparse.Namespace, path: Path, info: dict[str, Any]) -> tuple[_Data, list[int] | None]:
-    """Read the file, draw the split, standardize with the training rows' statistics; fill ``info``."""
-    x, y, features, classes = csvdata.load_csv(path, args.target, labels=args.model == "logistic")
-    n = len(x)
-    rows = None if args.validation is None else split_rows(n, args.validation, args.seed, path)
-    info.update(data=str(path.resolve()), rows=n, features=features)
-    if classes is not None:
-        info["num_classes"], info["classes"] = len(classes), classes  # model class k is the label classes[k]
-    if args.standardize:
-        x, mean, std = csvdata.standardize(x, None if rows is None else rows.train)
-        info["standardization"] = {name: {"mean": m, "std": v} for name, m, v in zip(features, mean, std, strict=True)}
-    if rows is None:
-        return _Data({"x": x, "y": y}, None, None), classes
-    held = len(rows.validation)
-    split = {
-        "fraction": args.validation,
-        "train_rows": len(rows.train),
-        "validation_rows": held,
-        "seed": args.seed,
-        "validation_row_indices": f"numpy.random.default_rng({args.seed}).permutation({n})[:{held}], 0-based "
-        "indices of the data rows in file order (the header and blank lines not counted)",
-    }
-    train = {"x": x[rows.train], "y": y[rows.train]}
-    return _Data(train, {"x": x[rows.validation], "y": y[rows.validation]}, split), classes
-
-
 def _batch(args: argparse.Namespace, path: Path, n: int, held_out: int) -> int:
     """The batch size: --batch-size, 'full' (every training row), or by default 32 or every training row if fewer."""
     batch: int = {"full": n, None: min(n, 32)}.get(args.batch_size, args.batch_size)
@@ -168,7 +133,9 @@ def _batch(args: argparse.Namespace, path: Path, n: int, held_out: int) -> int:
     return batch
 
 
-def _header(args: argparse.Namespace, path: Path, info: dict[str, Any], data: _Data, batch: int, steps: int) -> str:
+def _header(
+    args: argparse.Namespace, path: Path, info: dict[str, Any], split: dict[str, Any] | None, batch: int, steps: int
+) -> str:
     """The lines printed before training: the task, the data, the split and the sweep."""
     features, d, n = info["features"], len(info["features"]), info["rows"]
     softmax = info.get("num_classes", 0) > 2
@@ -177,20 +144,20 @@ def _header(args: argparse.Namespace, path: Path, info: dict[str, Any], data: _D
     if "classes" in info:
         what += f" ({_shown_classes(info['classes'])})"
     lines = [f"gdjax sweep: {what} on {plural(d, 'feature')} ({shown}), {plural(n, 'row')} of {path}"]
-    if data.split is not None:
-        held, kept = data.split["validation_rows"], data.split["train_rows"]
+    if split is not None:
+        held, kept = split["validation_rows"], split["train_rows"]
         lines.append(
             f"validation: {held} of the {n} rows held out (--validation {args.validation:g}, drawn with --seed "
             f"{args.seed}), training on the other {kept}; the best learning rate is chosen by validation loss"
         )
     lines.append(
         f"{plural(args.num_lrs, 'learning rate')} from {args.lr_min:g} to {args.lr_max:g}, {args.optimizer}, "
-        f"batch size {batch} ({plural(steps, 'step')} per epoch), {plural(args.epochs, 'epoch')}\n"
+        f"batch size {batch} ({plural(steps, 'step')} per epoch), {plural(args.epochs, 'epoch')}"
     )
     return "\n".join(lines)
 
 
-def _chosen(sw: gd.SweepResult, columns: dict[str, list[float]], data: _Data) -> list[str]:
+def _chosen(sw: gd.SweepResult, columns: dict[str, list[float]], data: Data) -> list[str]:
     """The lines printed after the summary table: which member was chosen, by what, and its accuracy."""
     k = sw.best_index
     if k is None:
@@ -217,28 +184,48 @@ def _chosen(sw: gd.SweepResult, columns: dict[str, list[float]], data: _Data) ->
     return lines
 
 
-def sweep(args: argparse.Namespace) -> int:
-    path = Path(args.data)
-    info: dict[str, Any] = {}
-    data, classes = _load(args, path, info)
-    n, d = data.train["x"].shape
-    num_classes = len(classes) if classes is not None else None
-    held = 0 if data.validation is None else len(data.validation["y"])
-    batch = _batch(args, path, n, held)
-    info["batch_size"] = "full" if args.batch_size == "full" else batch
-    full = args.batch_size == "full"
-    it = gdjax_call(gd.full_batch, data.train) if full else gdjax_call(gd.minibatch, data.train, batch)
-    outputs = num_classes if num_classes is not None and num_classes > 2 else 1  # softmax regression: one per class
-    check_size(args, info["rows"], d, batch, it.num_batches, num_outputs=outputs)
-    out = out_dir(args.out, SWEEP_FILES, [path])
+def _iterator(args: argparse.Namespace, data: Data, batch: int) -> gd.DataIterator:
+    """The batches of the training rows, from the memory-mapped arrays (placed when they fit, else streamed)."""
+    if args.batch_size == "full":
+        return gdjax_call(gd.full_batch, data.train)
+    return gdjax_call(gd.minibatch, data.train, batch)
+
+
+def _model(args: argparse.Namespace, num_classes: int | None) -> gd.models.Model:
     makers: dict[str, Callable[[], gd.models.Model]] = {
         "linear": gd.models.linear,
         "logistic": functools.partial(gd.models.logistic, num_classes),
         "mlp": functools.partial(gd.models.mlp, (args.hidden,), task="regression"),
     }
-    model = makers[args.model]()
-    info["steps_per_epoch"] = it.num_batches
-    print(_header(args, path, info, data, batch, it.num_batches), flush=True)  # seen now, not after the training
+    return makers[args.model]()
+
+
+def _prepare(args: argparse.Namespace, path: Path, info: dict[str, Any]) -> tuple[Path, Data, gd.DataIterator]:
+    """Check all that can be checked, then write or reuse the data cache: the output folder, the data, the batches."""
+    found = find(args, path, info)
+    n = info["rows"] if found.rows is None else len(found.rows.train)
+    d, classes = len(info["features"]), info.get("num_classes")
+    held = 0 if found.rows is None else len(found.rows.validation)
+    batch = _batch(args, path, n, held)
+    info["batch_size"] = "full" if args.batch_size == "full" else batch
+    steps = 1 if args.batch_size == "full" else -(-n // batch)
+    outputs = classes if classes is not None and classes > 2 else 1  # softmax regression: one per class
+    check_size(args, info["rows"], d, batch, steps, num_outputs=outputs)
+    out = out_dir(args.out, SWEEP_FILES, [path])
+    info["steps_per_epoch"] = steps
+    print(_header(args, path, info, found.split, batch, steps), flush=True)  # seen now, not after the training
+    data = load(args, out, found, info)
+    print()
+    return out, data, _iterator(args, data, batch)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    path = Path(args.data)
+    info: dict[str, Any] = {}
+    out, data, it = _prepare(args, path, info)
+    n, d = data.train["x"].shape
+    held = 0 if data.validation is None else len(data.validation["y"])
+    model = _model(args, info.get("num_classes"))
     evaluation: dict[str, Any] = {"metrics": model.metrics or None}  # accuracy, computed in the compiled run
     if data.validation is not None:
         evaluation.update(eval_data=data.validation, monitor="eval_loss", mode="min")

@@ -7,6 +7,7 @@ import os
 
 import jax
 
+from gdjax import _blocks, _sources
 from gdjax.cli._common import UsageError, check, gib, plural
 
 MAX_STEPS = 2**31  # steps are counted in int32 on the device
@@ -53,15 +54,17 @@ def check_size(
     mlp = args.model == "mlp"
     params = (d + 2) * args.hidden + 1 if mlp else (d + 1) * num_outputs
     # per member: parameters, gradient, update and last good parameters, plus the optimizer's copies; the
-    # activations of the full-data loss (every row) or of a step (forward, derivative, backward)
+    # activations of the full-data loss (one block of rows) or of a step (forward, derivative, backward)
     width = args.hidden if mlp else num_outputs
-    model = 4 * ((4 + OPTIMIZER_COPIES[args.optimizer]) * params + max(2 * n, 3 * batch) * width)
+    rows = min(n, max(batch, _blocks.BLOCK_ELEMENTS // (d + 1)))
+    model = 4 * ((4 + OPTIMIZER_COPIES[args.optimizer]) * params + max(2 * rows, 3 * batch) * width)
     # the loss of every step (the history's capacity is a power of two of epochs): on the device, back on the
     # host, and in float64 for the results and the figures
     capacity = 1 << max(0, args.epochs - 1).bit_length()
     history = 16 * capacity * (steps_per_epoch + 1)
     member = model + history + ROW_BYTES
-    need = args.num_lrs * member + 8 * n * (d + 1)
+    data = 4 * n * (d + 1)  # float32, placed on the device when it fits (else streamed: gd.minibatch's on_device=None)
+    need = args.num_lrs * member + (data if data <= _sources.DEVICE_SHARE * _sources.free_bytes() else 0)
     limit, where = memory_limit()
     if need <= limit:
         return

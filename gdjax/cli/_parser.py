@@ -40,6 +40,12 @@ validation_accuracy), summary.json a "split" entry with the rows on each side, a
 loss. The held-out rows can be drawn again: numpy.random.default_rng(SEED).permutation(ROWS)[:HELD_OUT] are their \
 0-based indices among the data rows (file order, header and blank lines not counted).
 
+The CSV file is read a chunk of rows at a time, never whole, into the data cache DIR/data-cache/ (--out's folder): \
+.npy files the sweep reads memory-mapped, about 4 bytes per cell, twice that with --standardize or --validation \
+(their arrays are kept beside). A later sweep with the same --out reuses the cache without reading the file, as long \
+as the file is unchanged (same path, size and modification time) and --target and the model kind (logistic or not) \
+are the same; otherwise it is rebuilt. Delete the folder to free the space.
+
 examples:
   gdjax sweep data.csv --target y
   gdjax sweep data.csv --target label --model logistic --standardize --optimizer adam

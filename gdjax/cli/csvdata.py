@@ -12,12 +12,20 @@ numbers: the distinct labels, sorted, become the classes ``0 .. C-1``.
 Every problem raises :class:`CsvError` with one sentence that names the file,
 the line (counting the header as line 1, as an editor does), the column and
 the offending value (cut short if long), and says how to fix it.
+
+:func:`load_csv` reads a whole file into memory. ``gdjax sweep`` reads files
+larger than memory a chunk of rows at a time (:mod:`gdjax.cli._csvchunks`)
+with the same rules and messages: the pieces both share are the public
+functions below that are not in ``__all__`` (:func:`reading`,
+:func:`read_header`, :func:`data_rows`, :func:`parse_row`, the errors).
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,7 +77,8 @@ class Table(NamedTuple):
     classes: list[int] | None = None
 
 
-def _read_header(reader: Any, name: str, target: str) -> list[str]:
+def read_header(reader: Any, name: str, target: str) -> list[str]:
+    """The checked header row: every column named once, the target among them, at least one feature."""
     for header in reader:
         if any(cell.strip() for cell in header):
             break
@@ -105,7 +114,8 @@ def _is_number(text: str) -> bool:
     return _PLAIN_NUMBER.fullmatch(text.strip(_SPACES)) is not None
 
 
-def _parse_cell(text: str, name: str, line: int, column: str, label: bool = False) -> float:
+def parse_cell(text: str, name: str, line: int, column: str, label: bool = False) -> float:
+    """One cell as a float64, or :class:`CsvError` saying where and why not (``label``: a class label's advice)."""
     where = f"{name}, line {line}, column {_shown(column)}"
     if not text.strip():
         raise CsvError(f"{where}: empty cell; every cell must be a number (fill in or drop missing values).")
@@ -125,23 +135,79 @@ def _parse_cell(text: str, name: str, line: int, column: str, label: bool = Fals
     return value
 
 
+def fraction_error(name: str, target: str, line: int, value: float, bad: int, rows: int) -> CsvError:
+    """The error of a class label that is not a whole number: the first such (at ``line``), of ``bad`` of ``rows``."""
+    rows_text = f"{bad} of the {rows} rows {'has' if bad == 1 else 'have'} a fraction"
+    return CsvError(
+        f"{name}, line {line}, column {_shown(target)}: {value!r} is not a whole number; classification "
+        f"needs class labels such as 0/1 or 0, 1, 2, ... ({rows_text}; to predict a number, use --model linear)."
+    )
+
+
+def one_class_error(name: str, target: str, label: int) -> CsvError:
+    """The error of a file whose every row has the same class label."""
+    return CsvError(
+        f"{name}, column {_shown(target)}: every row has the label {label}; classification needs at least two classes."
+    )
+
+
 def _classes(y: np.ndarray, lines: list[int], name: str, target: str) -> tuple[np.ndarray, list[int]]:
     """Whole-number labels (float64, exact) as int32 classes ``0 .. C-1`` in sorted order, and the labels."""
     bad = np.flatnonzero(y != np.round(y))
     if len(bad):
         k = int(bad[0])
-        rows = f"{len(bad)} of the {len(y)} rows {'has' if len(bad) == 1 else 'have'} a fraction"
-        raise CsvError(
-            f"{name}, line {lines[k]}, column {_shown(target)}: {float(y[k])!r} is not a whole number; classification "
-            f"needs class labels such as 0/1 or 0, 1, 2, ... ({rows}; to predict a number, use --model linear)."
-        )
+        raise fraction_error(name, target, lines[k], float(y[k]), len(bad), len(y))
     labels, classes = np.unique(y, return_inverse=True)
     if len(labels) < 2:
-        raise CsvError(
-            f"{name}, column {_shown(target)}: every row has the label {int(labels[0])}; classification needs at "
-            "least two classes."
-        )
+        raise one_class_error(name, target, int(labels[0]))
     return classes.reshape(-1).astype(np.int32), [int(v) for v in labels]
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[Any]:
+    """A :func:`csv.reader` over the file; whatever goes wrong while reading becomes one :class:`CsvError`."""
+    name = str(path)
+    try:
+        if path.is_dir():
+            raise CsvError(f"{name} is a directory, not a CSV file.")
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            yield csv.reader(f)
+    except FileNotFoundError:
+        raise CsvError(f"{name} does not exist; check the path.") from None
+    except UnicodeDecodeError:
+        raise CsvError(f"{name} is not UTF-8 text; is it really a CSV file?") from None
+    except csv.Error as exc:
+        raise CsvError(f"{name} is not valid CSV: {exc}.") from None
+    except OSError as exc:
+        raise CsvError(f"cannot read {name}: {exc.strerror or exc}.") from None
+
+
+def data_rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """The rows after the header, blank ones skipped, each with its line number (the header's is 1)."""
+    for fields in reader:
+        if (fields and fields[0].strip()) or any(cell.strip() for cell in fields):  # the first cell: the usual case
+            yield reader.line_num, fields
+
+
+def field_count_error(name: str, line: int, fields: int, columns: int) -> CsvError:
+    """The error of a row with ``fields`` fields under a header of ``columns`` columns."""
+    return CsvError(
+        f"{name}, line {line}: {fields} fields, but the header has {columns} columns; every row needs one value "
+        "per column."
+    )
+
+
+def no_rows_error(name: str) -> CsvError:
+    """The error of a file with a header and nothing else."""
+    return CsvError(f"{name} has a header but no data rows; add at least one row of numbers.")
+
+
+def parse_row(fields: list[str], name: str, line: int, columns: list[str], label_column: int) -> list[float]:
+    """Every cell of one row (as many as ``columns``), checked one by one; ``label_column`` holds class labels."""
+    return [
+        parse_cell(text, name, line, col, j == label_column)
+        for j, (text, col) in enumerate(zip(fields, columns, strict=True))
+    ]
 
 
 def load_csv(path: str | Path, target: str, *, labels: bool = False) -> Table:
@@ -178,41 +244,17 @@ def load_csv(path: str | Path, target: str, *, labels: bool = False) -> Table:
     """
     path = Path(path)
     name = str(path)
-    try:
-        if path.is_dir():
-            raise CsvError(f"{name} is a directory, not a CSV file.")
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            columns = _read_header(reader, name, target)
-            t = columns.index(target)
-            label_column = t if labels else -1
-            rows, lines = [], []
-            for fields in reader:
-                if not any(cell.strip() for cell in fields):
-                    continue
-                line = reader.line_num
-                if len(fields) != len(columns):
-                    raise CsvError(
-                        f"{name}, line {line}: {len(fields)} fields, but the header has {len(columns)} columns; "
-                        f"every row needs one value per column."
-                    )
-                rows.append(
-                    [
-                        _parse_cell(text, name, line, col, j == label_column)
-                        for j, (text, col) in enumerate(zip(fields, columns, strict=True))
-                    ]
-                )
-                lines.append(line)
-    except FileNotFoundError:
-        raise CsvError(f"{name} does not exist; check the path.") from None
-    except UnicodeDecodeError:
-        raise CsvError(f"{name} is not UTF-8 text; is it really a CSV file?") from None
-    except csv.Error as exc:
-        raise CsvError(f"{name} is not valid CSV: {exc}.") from None
-    except OSError as exc:
-        raise CsvError(f"cannot read {name}: {exc.strerror or exc}.") from None
+    with reading(path) as reader:
+        columns = read_header(reader, name, target)
+        t = columns.index(target)
+        rows, lines = [], []
+        for line, fields in data_rows(reader):
+            if len(fields) != len(columns):
+                raise field_count_error(name, line, len(fields), len(columns))
+            rows.append(parse_row(fields, name, line, columns, t if labels else -1))
+            lines.append(line)
     if not rows:
-        raise CsvError(f"{name} has a header but no data rows; add at least one row of numbers.")
+        raise no_rows_error(name)
     table = np.asarray(rows, dtype=np.float64)
     features = [c for j, c in enumerate(columns) if j != t]
     x = np.delete(table, t, axis=1).astype(np.float32)
