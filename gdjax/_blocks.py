@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gdjax._types import PyTree, ceil_div
-from gdjax.data import Batch
+from gdjax.data import Batch, slice_rows
 
 #: The values (rows times values per row, all leaves) one block of a full-data pass reads: 4 MiB of float32.
 BLOCK_ELEMENTS = 1 << 20
@@ -59,8 +59,7 @@ def slicer(data: PyTree) -> Callable[[Any, int, Any], PyTree]:
     """``read`` for a pytree of device arrays: a dynamic slice of every leaf."""
 
     def read(start: Any, count: int, next_start: Any = None) -> PyTree:
-        del next_start
-        return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, count), data)
+        return slice_rows(data, start, count)
 
     return read
 

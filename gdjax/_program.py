@@ -58,7 +58,7 @@ from gdjax._run import (
     windows,
 )
 from gdjax._types import PyTree
-from gdjax.data import Batch, DataIterator
+from gdjax.data import Batch, DataIterator, take_rows
 from gdjax.step import TrainState, make_step
 
 
@@ -138,7 +138,7 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
     def one_step(carry, xs, rows=None):
         state, last_good, diverged, diverged_at = carry
         b_idx, b_mask, b_pos = xs  # indices into the data, or for streamed data into the block of ``rows`` read
-        batch = it.gather(b_idx, b_mask) if rows is None else Batch(_take(rows, b_idx), b_mask)
+        batch = it.gather(b_idx, b_mask) if rows is None else Batch(take_rows(rows, b_idx), b_mask)
         new, metrics = step(state, batch, loss_key)
         loss = metrics["loss"].astype(cfg.loss_dtype)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
@@ -157,10 +157,6 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
         carry, (losses, aux) = _streamed_steps(it, one_step, init, (idx, mask, pos), key, epoch, cfg.unroll)
     state, _, diverged, diverged_at = carry
     return state, diverged, diverged_at, losses, aux
-
-
-def _take(data: PyTree, idx: jax.Array) -> PyTree:
-    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), data)
 
 
 def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple, key, epoch, unroll: int) -> tuple:

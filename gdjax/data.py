@@ -1,8 +1,11 @@
 """The data iterator: single samples, full batch or shuffled mini-batches.
 
 A :class:`DataIterator` holds a pytree of arrays that share a leading axis of
-``N`` examples, placed on the device once, and a static batch shape. It has
-two faces that yield the same batches:
+``N`` examples and a static batch shape. The data is placed on the device
+once, or (``on_device=False``, or by size with the default ``None``) left
+where it is, numpy arrays, memmaps or a random-access source, and streamed:
+the compiled program reads the same batches from the host a block at a time
+(:mod:`gdjax._stream`). It has two faces that yield the same batches:
 
 * the **compiled face**, used inside ``jit``/``scan``/``vmap``:
   :meth:`DataIterator.epoch_indices` gives the whole epoch's indices and
@@ -176,7 +179,7 @@ class DataIterator:
             return Batch(_stream.take(self.stream, idx, upcoming), mask)
         if self.is_whole_data and idx.ndim == 1:
             return Batch(self.data, mask)
-        return Batch(jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), self.data), mask)
+        return Batch(take_rows(self.data, idx), mask)
 
     def read(self, start: jax.Array | int, count: int, next_start: jax.Array | int | None = None) -> PyTree:
         """Rows ``[start, start + count)`` of the data, in storage order (traceable; ``count`` static).
@@ -187,7 +190,7 @@ class DataIterator:
             return _stream.rows(
                 self.stream, jnp.asarray(start), count, None if next_start is None else jnp.asarray(next_start)
             )
-        return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, count), self.data)
+        return slice_rows(self.data, start, count)
 
     @property
     def chunk_steps(self) -> int:
@@ -262,6 +265,16 @@ class DataIterator:
 
     def __iter__(self):
         raise TypeError("A DataIterator needs a key to iterate: use it.iterate(jax.random.key(seed), epoch=0).")
+
+
+def take_rows(data: PyTree, idx: jax.Array) -> PyTree:
+    """The examples of ``data`` (device arrays) at ``idx``, any shape of indices (traceable)."""
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), data)
+
+
+def slice_rows(data: PyTree, start: jax.Array | int, count: int) -> PyTree:
+    """Rows ``[start, start + count)`` of ``data`` (device arrays; ``count`` static, traceable)."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, count), data)
 
 
 def _flatten(it: DataIterator) -> tuple[tuple[Any], tuple]:
