@@ -58,7 +58,7 @@ from gdjax._run import (
     windows,
 )
 from gdjax._types import PyTree
-from gdjax.data import Batch, DataIterator, take_rows
+from gdjax.data import Batch, DataIterator
 from gdjax.step import TrainState, make_step
 
 
@@ -135,10 +135,10 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
     loss_key = jax.random.fold_in(key, LOSS_STREAM) if cfg.with_key else None
     nan = jnp.array(jnp.nan, cfg.loss_dtype)
 
-    def one_step(carry, xs, rows=None):
+    def one_step(carry, xs):
         state, last_good, diverged, diverged_at = carry
-        b_idx, b_mask, b_pos = xs  # indices into the data, or for streamed data into the block of ``rows`` read
-        batch = it.gather(b_idx, b_mask) if rows is None else Batch(take_rows(rows, b_idx), b_mask)
+        b_data, b_mask, b_pos = xs  # the batch's indices into the data, or for streamed data its examples
+        batch = it.gather(b_data, b_mask) if it.on_device else Batch(b_data, b_mask)
         new, metrics = step(state, batch, loss_key)
         loss = metrics["loss"].astype(cfg.loss_dtype)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
@@ -178,11 +178,8 @@ def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple
 
     def block(carry, xs):
         b_idx, b_mask, b_pos, b_next = xs
-        rows = it.gather(b_idx.reshape(-1), b_mask, b_next).data  # the block's batches, one after another
-        local = jnp.arange(b_idx.size, dtype=jnp.int32).reshape(b_idx.shape)
-        # Each step gathers its batch from the block as the on-device program gathers it from the data, so
-        # XLA compiles the same step around the same gather: the same bits.
-        return jax.lax.scan(functools.partial(one_step, rows=rows), carry, (local, b_mask, b_pos), unroll=unroll)
+        batches = it.gather(b_idx, b_mask, b_next).data  # (steps of the block, batch, ...)
+        return jax.lax.scan(one_step, carry, (batches, b_mask, b_pos), unroll=unroll)
 
     outs = []
     carry = init

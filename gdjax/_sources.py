@@ -139,10 +139,23 @@ def load(tree: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, out)
 
 
-def _rows(leaf: Any, order: np.ndarray) -> np.ndarray:
-    if len(order) and order[-1] - order[0] + 1 == len(order):  # sorted and unique: a contiguous run of rows
-        return np.asarray(leaf[int(order[0]) : int(order[-1]) + 1])
-    return np.asarray(leaf[order])
+def _rows(leaf: Any, idx: np.ndarray) -> np.ndarray:
+    """The rows of an array-like at ``idx``: a view for a contiguous run of rows, else one gather."""
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (len(idx) == 1 or np.all(np.diff(idx) == 1)):
+        return np.asarray(leaf[int(idx[0]) : int(idx[-1]) + 1])
+    if isinstance(leaf, np.ndarray):  # np.take on the plain view: a memmap's own indexing is about 2x slower
+        return np.take(leaf.view(np.ndarray), idx, axis=0)
+    return np.asarray(leaf[idx])
+
+
+def _sorted_read(source: Any) -> Any:
+    """``read`` of a random-access source: asked for sorted, distinct indices (as h5py needs), then reordered."""
+
+    def read(idx: np.ndarray) -> list[np.ndarray]:
+        order, inverse = np.unique(idx, return_inverse=True)
+        return [np.asarray(x)[inverse.reshape(-1)] for x in jax.tree.leaves(source[order])]
+
+    return read
 
 
 def reader(tree: PyTree, dtypes: list[np.dtype] | None = None) -> _stream.Reader:
@@ -151,7 +164,6 @@ def reader(tree: PyTree, dtypes: list[np.dtype] | None = None) -> _stream.Reader
     dtypes = [np.dtype(x.dtype) for x in leaves] if dtypes is None else dtypes
     sources = {id(x.source) for x in leaves if isinstance(x, SourceLeaf)}
     if len(sources) == 1 and all(isinstance(x, SourceLeaf) for x in leaves):
-        source = leaves[0].source
-        return _stream.Reader(lambda order: [np.asarray(x) for x in jax.tree.leaves(source[order])], dtypes)
-    leaves = [np.asarray(x) if isinstance(x, jax.Array) else x for x in leaves]
-    return _stream.Reader(lambda order: [_rows(x, order) for x in leaves], dtypes)
+        return _stream.Reader(_sorted_read(leaves[0].source), dtypes)
+    arrays = [np.asarray(x) if isinstance(x, jax.Array) else x for x in leaves]
+    return _stream.Reader(lambda idx: [_rows(x, idx) for x in arrays], dtypes)

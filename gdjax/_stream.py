@@ -74,8 +74,8 @@ class Reader:
     """Reads examples of host data by index, with one read ahead on a background thread.
 
     Args:
-      read: ``read(indices) -> list of numpy arrays`` (one per leaf, rows in
-        the order of ``indices``, which are sorted and unique).
+      read: ``read(indices) -> list of numpy arrays`` (one per leaf, the
+        rows of the flat int64 ``indices`` in their order).
       dtypes: the dtype each leaf is given as (float64 becomes float32 without x64).
     """
 
@@ -90,10 +90,8 @@ class Reader:
         _READERS[self.token] = self
 
     def take(self, idx: np.ndarray) -> list[np.ndarray]:
-        """The rows at the flat indices ``idx``, in that order (read sorted and once each)."""
-        order, inverse = np.unique(idx, return_inverse=True)
-        leaves = self._read(order)
-        return [np.asarray(x, d)[inverse.reshape(-1)] for x, d in zip(leaves, self._dtypes, strict=True)]
+        """The rows at the flat indices ``idx``, in that order, as the dtypes gdjax uses."""
+        return [np.asarray(x, d) for x, d in zip(self._read(np.asarray(idx, np.int64)), self._dtypes, strict=True)]
 
     def get(self, key: Any, fn: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
         """``fn()``, or its answer read ahead under ``key``."""
@@ -211,6 +209,8 @@ def _host_rows(token: np.ndarray, start: np.ndarray, next_start: np.ndarray, cou
         if then != at:
             reader.ahead(("rows", then, count), read(then))
     lead = np.shape(start)
+    if len(blocks) == 1:
+        return tuple(leaf.reshape(*lead, *leaf.shape) for leaf in blocks[0])
     return tuple(np.stack(leaf).reshape(*lead, *leaf[0].shape) for leaf in zip(*blocks, strict=True))
 
 
