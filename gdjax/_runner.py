@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gdjax import _stream
 from gdjax._caches import BoundedCache
 from gdjax._program import active, start_program, train_program
 from gdjax._run import EPOCH_FIELDS, WINDOW_FIELDS, Inputs, Layout, RunState
@@ -130,10 +131,27 @@ def run(
       members: real members (a padded sweep chunk has more rows).
       hooks: called around the run (progress, checkpoints).
     """
+    readers = _stream.readers(inputs)
+    try:
+        return _run(layout, inputs, epochs, first, members, hooks, readers)
+    finally:
+        for reader in readers:
+            reader.close()  # let the read-ahead thread go
+
+
+def _run(
+    layout: Layout,
+    inputs: Inputs,
+    epochs: int,
+    first: int,
+    members: int,
+    hooks: Sequence[Hook],
+    readers: list[_stream.Reader],
+) -> Outcome:
     history = HostHistory(layout.cfg.epoch_capacity, inputs.it.num_batches, layout.cfg.log_every, first)
     start, compile_time = compiled(start_program, layout, inputs)
     t0 = time.perf_counter()
-    state = jax.block_until_ready(start.program(inputs))
+    state = _stream.wait(lambda: start.program(inputs), readers)
     for hook in hooks:
         state = hook.start(state, history)
     resumed = int(np.max(jax.device_get(state.epoch))) if hooks else first  # only a hook can restore
@@ -146,7 +164,7 @@ def run(
     bound = _scalar(layout, epochs)
     train, seconds = compiled(train_program, layout, inputs, state, bound)
     t0 = time.perf_counter()
-    state = _drive(layout, inputs, train, state, epochs, members, history, hooks)
+    state = _drive(layout, inputs, train, state, epochs, members, history, hooks, readers)
     return Outcome(history.join(state), compile_time + seconds, start_time + time.perf_counter() - t0, resumed)
 
 
@@ -159,6 +177,7 @@ def _drive(
     members: int,
     history: HostHistory,
     hooks: Sequence[Hook],
+    readers: list[_stream.Reader],
 ) -> RunState:
     """Call the training program chunk by chunk until the run has finished."""
     first = history.first
@@ -167,7 +186,8 @@ def _drive(
         wishes = [hook.stop_at(status, train.seconds_per_epoch) for hook in hooks]
         target = min([epochs, history.limit(), *(w for w in wishes if w is not None)])
         t0 = time.perf_counter()
-        state = jax.block_until_ready(train.program(inputs, state, _scalar(layout, target)))
+        bound = _scalar(layout, target)
+        state = _stream.wait(lambda: train.program(inputs, state, bound), readers)  # noqa: B023 (called at once)
         seconds = time.perf_counter() - t0
         if not hooks and target == epochs < history.limit():
             return state  # one call did it all: no status to compute

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gdjax import _stream
+from gdjax import _stream, _validate_data
 from gdjax._types import PyTree
 
 #: With ``on_device=None`` data is placed on the device when it takes at most this share of its free memory.
@@ -162,8 +162,10 @@ def reader(tree: PyTree, dtypes: list[np.dtype] | None = None) -> _stream.Reader
     """The host reader of the data's leaves (one read of the source per request for a random-access source)."""
     leaves = jax.tree.leaves(tree)
     dtypes = [np.dtype(x.dtype) for x in leaves] if dtypes is None else dtypes
+    rows = [tuple(x.shape[1:]) for x in leaves]
+    names = [_validate_data.leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
     sources = {id(x.source) for x in leaves if isinstance(x, SourceLeaf)}
     if len(sources) == 1 and all(isinstance(x, SourceLeaf) for x in leaves):
-        return _stream.Reader(_sorted_read(leaves[0].source), dtypes)
+        return _stream.Reader(_sorted_read(leaves[0].source), dtypes, rows, names)
     arrays = [np.asarray(x) if isinstance(x, jax.Array) else x for x in leaves]
-    return _stream.Reader(lambda idx: [_rows(x, idx) for x in arrays], dtypes)
+    return _stream.Reader(lambda idx: [_rows(x, idx) for x in arrays], dtypes, rows, names)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import itertools
+import logging
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -73,15 +75,32 @@ class Stream(NamedTuple):
 class Reader:
     """Reads examples of host data by index, with one read ahead on a background thread.
 
+    A failed read (the source raised, or returned rows of another shape) is
+    kept in :attr:`error` for the host to raise as itself once the program
+    has stopped (:func:`wait`); :meth:`cancel` makes every later read fail, so
+    an interrupted run stops at its next read.
+
     Args:
       read: ``read(indices) -> list of numpy arrays`` (one per leaf, the
         rows of the flat int64 ``indices`` in their order).
       dtypes: the dtype each leaf is given as (float64 becomes float32 without x64).
+      rows: the shape of one example of each leaf.
+      names: each leaf's name in messages (``data['x']``).
     """
 
-    def __init__(self, read: Callable[[np.ndarray], Sequence[np.ndarray]], dtypes: Sequence[np.dtype]):
+    def __init__(
+        self,
+        read: Callable[[np.ndarray], Sequence[np.ndarray]],
+        dtypes: Sequence[np.dtype],
+        rows: Sequence[tuple[int, ...]],
+        names: Sequence[str] = (),
+    ):
         self._read = read
         self._dtypes = list(dtypes)
+        self._rows = [tuple(r) for r in rows]
+        self._names = list(names) or [f"leaf {i}" for i in range(len(self._rows))]
+        self.error: BaseException | None = None
+        self.cancelled = False
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[Any, concurrent.futures.Future] = collections.OrderedDict()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -91,7 +110,31 @@ class Reader:
 
     def take(self, idx: np.ndarray) -> list[np.ndarray]:
         """The rows at the flat indices ``idx``, in that order, as the dtypes gdjax uses."""
-        return [np.asarray(x, d) for x, d in zip(self._read(np.asarray(idx, np.int64)), self._dtypes, strict=True)]
+        idx = np.asarray(idx, np.int64)
+        leaves = [np.asarray(x, d) for x, d in zip(self._read(idx), self._dtypes, strict=True)]
+        for name, x, row in zip(self._names, leaves, self._rows, strict=True):
+            if x.shape != (len(idx), *row):
+                raise ValueError(
+                    f"the data source returned {name} with shape {x.shape} for {len(idx)} rows, but its examples "
+                    f"had shape {row} when the iterator was built: a source must keep its shapes while a run reads it."
+                )
+        return leaves
+
+    def guard(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on behalf of a running program: a failure is kept in :attr:`error` and stops the program."""
+        if self.cancelled:
+            raise RuntimeError("gdjax: the run was interrupted; stopping at this read of the streamed data.")
+        try:
+            return fn()
+        except Exception as exc:
+            self.error = self.error or exc
+            raise RuntimeError(
+                f"gdjax: reading the streamed data failed ({type(exc).__name__}); the run stops and gdjax raises it."
+            ) from None
+
+    def cancel(self) -> None:
+        """Make every later read of a running program fail (an interrupted run stops at its next read)."""
+        self.cancelled = True
 
     def get(self, key: Any, fn: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
         """``fn()``, or its answer read ahead under ``key``."""
@@ -130,7 +173,80 @@ class Reader:
             pool, self._pool = self._pool, None
             self._cache.clear()
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # at most the read under way
+        self.cancelled = False
+
+
+def readers(tree: PyTree) -> list[Reader]:
+    """The readers of the streamed iterators in ``tree`` (a run's inputs)."""
+    from gdjax.data import DataIterator  # data imports this module
+
+    found = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, DataIterator))
+    streams = [x.stream for x in found if isinstance(x, DataIterator) and x.stream is not None]
+    return list({id(s.reader): s.reader for s in streams if s.reader is not None}.values())
+
+
+def wait(run: Callable[[], PyTree], readers: Sequence[Reader]) -> PyTree:
+    """``jax.block_until_ready(run())`` for a program reading streamed data: Ctrl-C stops it; a source error is raised.
+
+    The program runs on a worker thread (a program with host reads may run to its end inside the call that
+    starts it) while the caller waits in short sleeps, so a KeyboardInterrupt reaches it at once; the readers
+    are then cancelled, which stops the program at its next read. A read that failed is raised as the
+    source's own exception once the program has stopped, not as XLA's runtime error.
+    """
+    if not readers:
+        return jax.block_until_ready(run())
+    with _quiet_callback_log():
+        return _wait(run, readers)
+
+
+@contextlib.contextmanager
+def _quiet_callback_log() -> Iterator[None]:
+    """JAX logs a failed callback's traceback; gdjax raises the cause itself, so that log is only noise."""
+    log = logging.getLogger("jax._src.callback")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _wait(run: Callable[[], PyTree], readers: Sequence[Reader]) -> PyTree:
+    box: list[tuple[bool, Any]] = []
+    done = threading.Event()  # waited on, not Thread.join: a join interrupted by Ctrl-C may return early later
+
+    def work() -> None:
+        box.append(_outcome(run))
+        done.set()
+
+    threading.Thread(target=work, name="gdjax-run", daemon=True).start()
+    try:
+        while not done.wait(0.01):
+            pass
+    except KeyboardInterrupt:
+        for r in readers:
+            r.cancel()
+        done.wait()
+        raise
+    finally:
+        error = next((r.error for r in readers if r.error is not None), None)
+        for r in readers:
+            r.error, r.cancelled = None, False
+    ok, value = box[0]
+    if ok:
+        return value
+    if error is not None:
+        error.add_note("gdjax: raised by the streamed data source while a compiled run read it; the run stopped.")
+        raise error from None
+    raise value
+
+
+def _outcome(run: Callable[[], PyTree]) -> tuple[bool, Any]:
+    try:
+        return True, jax.block_until_ready(run())
+    except BaseException as exc:  # handed to the waiting thread
+        return False, exc
 
 
 _TOKENS = itertools.count(1)
@@ -186,7 +302,7 @@ def read_ahead(reader: Reader, idx: np.ndarray) -> None:
 
 def _host_take(token: np.ndarray, idx: np.ndarray, upcoming: np.ndarray) -> tuple[np.ndarray, ...]:
     reader = _reader(token)
-    out = answer(reader, idx)
+    out = reader.guard(lambda: answer(reader, idx))
     read_ahead(reader, upcoming)
     return tuple(out)
 
@@ -205,7 +321,7 @@ def _host_rows(token: np.ndarray, start: np.ndarray, next_start: np.ndarray, cou
     read = lambda s: functools.partial(reader.take, np.arange(s, s + count, dtype=np.int64))  # noqa: E731
     blocks = []
     for at, then in zip(starts.tolist(), nexts.tolist(), strict=True):  # one block, or one per member under vmap
-        blocks.append(reader.get(("rows", at, count), read(at)))
+        blocks.append(reader.guard(functools.partial(reader.get, ("rows", at, count), read(at))))
         if then != at:
             reader.ahead(("rows", then, count), read(then))
     lead = np.shape(start)

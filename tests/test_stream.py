@@ -257,3 +257,73 @@ def test_a_streamed_sweep_over_eight_devices_equals_on_device() -> None:
     # members' reads differ, and over a mesh XLA compiles their gathers in another form: float tolerance.
     assert result["None"] == [True, True, 8, False]
     assert result["[0, 1]"][1:] == [True, 8, False]
+
+
+class Failing(Source):
+    """A source whose reads start failing (or changing shape) once the run is under way."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], after: int, error: Exception | None):
+        super().__init__(arrays)
+        self.after, self.error = after, error
+
+    def __getitem__(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        rows = super().__getitem__(idx)
+        if self.reads > self.after:
+            if self.error is not None:
+                raise self.error
+            return {"x": rows["x"][:, :2], "y": rows["y"]}
+        return rows
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "match"),
+    [
+        (OSError("disk on fire"), OSError, "disk on fire"),
+        (None, ValueError, r"returned data\['x'\] with shape \(\d+, 2\) .* had shape \(4,\) .* keep its shapes"),
+    ],
+    ids=["raises", "changes-shape"],
+)
+def test_a_source_that_fails_mid_run_raises_its_own_error(error: Any, raised: type, match: str) -> None:
+    source = Failing(data(), after=10**9, error=error)
+    it = gd.minibatch(source, 16)  # the checks read the source once per leaf: then the run's reads fail
+    source.after = source.reads + 3
+    with pytest.raises(raised, match=match) as info:
+        fit(it)
+    assert any("streamed data source" in note for note in getattr(info.value, "__notes__", []))
+    assert fit(gd.minibatch(data(), 16, on_device=False)).num_epochs == 3, "the next run is unaffected"
+
+
+INTERRUPTED = """
+import os, signal, sys, threading, time
+import jax, numpy as np, optax, gdjax as gd
+rng = np.random.default_rng(0)
+data = {"x": rng.standard_normal((20000, 32), dtype=np.float32), "y": rng.standard_normal(20000, dtype=np.float32)}
+m = gd.models.mlp((64,))
+it = gd.minibatch(data, 32, on_device=False)
+fit = lambda epochs: gd.fit(m.loss, m.init(jax.random.key(0), 32), optax.sgd, it, epochs=epochs,
+                            key=jax.random.key(1), learning_rate=1e-3, progress=False)
+fit(1)  # compiled: the timed run below is all training
+t0 = time.perf_counter(); fit(1); epoch = time.perf_counter() - t0
+threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t0 = time.perf_counter()
+try:
+    fit(200)
+    print("finished", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", time.perf_counter() - t0, epoch, [t.name for t in threading.enumerate()], flush=True)
+os._exit(0)  # as the gdjax command does after Ctrl-C: XLA's threads can crash the interpreter's teardown
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_streamed_run_at_once() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", INTERRUPTED], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    word, seconds, epoch, threads = out.stdout.split(maxsplit=3)
+    assert word == "interrupted", out.stdout
+    # 200 epochs would take 200 x epoch; the interrupt lands within a few blocks of steps
+    assert float(seconds) < 0.5 + min(5.0, 20 * float(epoch)), out.stdout
+    assert "gdjax-run" not in threads, "the run's thread has stopped"
