@@ -38,7 +38,15 @@ class SourceLeaf:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         idx = np.arange(self.shape[0])[key] if isinstance(key, slice) else np.asarray(key)
-        return np.asarray(jax.tree.leaves(self.source[idx])[self.index])
+        try:
+            return np.asarray(jax.tree.leaves(self.source[idx])[self.index])
+        except Exception as exc:
+            shown = f"rows {idx[0]} to {idx[-1]}" if len(idx) else "no rows"
+            exc.add_note(
+                f"gdjax: raised by the data source when asked for {shown} (its len() is {self.shape[0]}: every "
+                "index below it must be readable)."
+            )
+            raise
 
     def __repr__(self) -> str:
         return f"SourceLeaf({type(self.source).__name__}, shape={self.shape}, dtype={self.dtype})"
@@ -122,6 +130,18 @@ def place(on_device: Any, tree: PyTree, root: str = "data") -> bool:
             "Pass on_device=False to stream it from the host (or None to decide by size)."
         )
     return on_device
+
+
+def check_batch(batch_bytes: int, batch_size: int) -> None:
+    """Refuse streaming batches too large to hold: a streamed step holds its batch on the host and on the device."""
+    free = free_bytes()
+    if 3 * batch_bytes > free:
+        raise ValueError(
+            f"a batch of {batch_size} examples takes {_gib(batch_bytes)}; streamed, each step holds it about three "
+            f"times (read on the host, handed over, on the device), more than the {_gib(free)} free. Streaming "
+            "helps when batches are small next to the data: use gd.minibatch with a smaller batch_size "
+            "(full_batch reads every example at every step)."
+        )
 
 
 def load(tree: PyTree) -> PyTree:

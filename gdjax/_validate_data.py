@@ -9,6 +9,7 @@ pieces). Errors name the leaf (``data['x']``), the first bad row and the fix.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -111,10 +112,19 @@ def _check_floats(name: str, arr: Any, dtype: np.dtype, convert: bool = True) ->
                 f"{name} is float64 but JAX's x64 mode is off, so gdjax uses float32. "
                 f"Enable jax.config.update('jax_enable_x64', True) to keep float64.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=_caller_outside(),
             )
         arr = np.asarray(arr, np.float32) if convert else arr
     return arr
+
+
+def _caller_outside() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside gdjax (counted from the warner)."""
+    level = 1
+    frame: Any = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("gdjax"):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _check_integers(name: str, arr: Any, dtype: np.dtype, convert: bool = True) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gdjax import _validate
+from gdjax import _sources, _validate
 from gdjax._caches import callable_key
 from gdjax._evaluation import MAXIMISED, Evaluation
 from gdjax._types import PyTree
@@ -82,32 +82,40 @@ def _eval_data(it: DataIterator, eval_data: Any) -> PyTree:
     """The evaluation data, checked like training data and against its structure and feature shapes.
 
     Arrays go on the device when the training data is there; beside streamed training data they are placed
-    or streamed by size (``on_device=None``). A :class:`DataIterator` keeps its placement.
+    or streamed by size (``on_device=None``). A :class:`DataIterator` keeps its placement. Structure, shapes
+    and dtypes are compared first, before the values are read.
     """
     if eval_data is None:
         return None
-    given = eval_data if isinstance(eval_data, DataIterator) else None
-    if given is None:
-        eval_data = _build(eval_data, None, False, False, True if it.on_device else None, root="eval_data")
-    ours: Any = jax.tree.structure(eval_data.data)
+    if not isinstance(eval_data, DataIterator):
+        raw = _sources.as_tree(eval_data, "eval_data")
+        if all(hasattr(x, "shape") and hasattr(x, "dtype") for x in jax.tree.leaves(raw)):
+            _like_training(it, raw)  # cheap: before every value is checked
+        eval_data = _build(raw, None, False, False, True if it.on_device else None, root="eval_data")
+    _like_training(it, eval_data.data)
+    return eval_data.data if eval_data.on_device else eval_data
+
+
+def _like_training(it: DataIterator, data: PyTree) -> None:
+    """Refuse evaluation data of another structure, example shape or dtype than the training data."""
+    ours: Any = jax.tree.structure(data)
     theirs = jax.tree.structure(it.data)
     if ours != theirs:
         raise ValueError(
             f"eval_data must have the structure of the training data ({_shapes(it.data)}); got "
-            f"{_shapes(eval_data.data)}. Split both from one data set, e.g. {{'x': X_val, 'y': y_val}} beside "
+            f"{_shapes(data)}. Split both from one data set, e.g. {{'x': X_val, 'y': y_val}} beside "
             f"{{'x': X, 'y': y}}."
         )
-    leaves = jax.tree_util.tree_flatten_with_path(eval_data.data)[0]
+    leaves = jax.tree_util.tree_flatten_with_path(data)[0]
     for (path, ev), train in zip(leaves, jax.tree.leaves(it.data), strict=True):
         ev_dtype, train_dtype = (jax.dtypes.canonicalize_dtype(x.dtype) for x in (ev, train))
-        if ev.shape[1:] != train.shape[1:] or ev_dtype != train_dtype:
+        if tuple(ev.shape[1:]) != tuple(train.shape[1:]) or ev_dtype != train_dtype:
             name = "eval_data" + jax.tree_util.keystr(path)
             raise ValueError(
                 f"{name} has examples of shape {tuple(ev.shape[1:])} and dtype {ev_dtype}, but the training data's "
                 f"are {tuple(train.shape[1:])} and {train_dtype}. Give evaluation examples shaped like the "
                 f"training examples."
             )
-    return eval_data.data if eval_data.on_device else eval_data
 
 
 def _shapes(tree: PyTree) -> str:

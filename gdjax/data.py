@@ -403,6 +403,7 @@ def _streamed(tree: PyTree, n: int, batch_size: int, shuffle: bool, drop_remaind
     dtypes = [np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)) for x in leaves]
     rows = tuple((tuple(int(d) for d in x.shape[1:]), dt) for x, dt in zip(leaves, dtypes, strict=True))
     row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
+    _sources.check_batch(batch_size * row_bytes, batch_size)
     chunk = max(1, _stream.CHUNK_BYTES // max(1, batch_size * row_bytes))
     reader = _sources.reader(tree, dtypes)
     reader.data = tree
