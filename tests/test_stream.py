@@ -320,10 +320,38 @@ def test_ctrl_c_stops_a_streamed_run_at_once() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", INTERRUPTED], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", INTERRUPTED], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     word, seconds, epoch, threads = out.stdout.split(maxsplit=3)
     assert word == "interrupted", out.stdout
     # 200 epochs would take 200 x epoch; the interrupt lands within a few blocks of steps
     assert float(seconds) < 0.5 + min(5.0, 20 * float(epoch)), out.stdout
     assert "gdjax-run" not in threads, "the run's thread has stopped"
+
+
+def test_a_streamed_batch_too_large_to_hold_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = data(100)
+    monkeypatch.setattr(_sources, "free_bytes", lambda device=None: 2 * _sources.nbytes(arrays))
+    assert gd.minibatch(arrays, 10, on_device=False).chunk_steps >= 1, "small batches stream"
+    with pytest.raises(ValueError, match=r"a batch of 100 examples takes .* three times .* smaller batch_size"):
+        gd.full_batch(arrays, on_device=False)
+
+
+def test_eval_data_of_another_dtype_is_refused_before_its_values_are_read() -> None:
+    arrays = data(60)
+    held = Source({"x": arrays["x"].astype(np.float16), "y": arrays["y"]})
+    with pytest.raises(ValueError, match=r"eval_data\['x'\] has examples of shape \(4,\) and dtype float16"):
+        fit(gd.minibatch(arrays, 16), eval_data=held)
+    assert held.reads == 1, "only the probe of one row was read"
+
+
+def test_a_source_read_error_names_the_rows_and_its_length() -> None:
+    class Short(Source):
+        def __len__(self) -> int:
+            return super().__len__() + 1  # one row more than it holds
+
+    with pytest.raises(IndexError) as info:
+        gd.minibatch(Short(data(30)), 8)
+    assert any("its len() is 31: every index below it must be readable" in n for n in info.value.__notes__)
