@@ -29,6 +29,13 @@ EXPECTED = {
     "bench_sweep_others": ["vs gd.sweep", "(d) stochastic gd.sweep / expert b=1"],
     "bench_large_sweep": ["% of big matmul", "of the big-matmul rate", "gd.sweep / expert =", "eval_every=0 reaches"],
     "bench_model": ["vs plain", "ratios: static leaves / plain", "same trajectory"],
+    "bench_scale": [
+        "peak - data",
+        "target: sweep4 on device peak <= data + 1 GB:",
+        "streamed / on device, MLP(256):",
+        "streamed / on device, linear:",
+        "target: linear streamed / on device <= 1.50x:",
+    ],
     "bench_eval": [
         "vs eval_every=0, no eval data",
         "(a) no eval data: default / eval_every=0",
