@@ -197,9 +197,11 @@ def test_summary_records_the_cache(tmp_path: Path, capsys) -> None:
     assert cli.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("gdjax sweep: linear regression of 'y'")  # the header comes first, then the cache
-    assert lines[2] == f"data cache: built {out / 'data-cache'} (23 rows, 0.0 MB)" and lines[3] == ""
+    assert lines[2] == f"data cache: built {out / 'data-cache'} (23 rows, 0.0 MB)"
+    assert lines[3] == "data: placed on the device" and lines[4] == ""
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["data_cache"] == str((out / "data-cache").resolve())
+    assert summary["settings"]["on_device"] is True
 
 
 BAD_FILES = [

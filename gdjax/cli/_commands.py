@@ -215,8 +215,12 @@ def _prepare(args: argparse.Namespace, path: Path, info: dict[str, Any]) -> tupl
     info["steps_per_epoch"] = steps
     print(_header(args, path, info, found.split, batch, steps), flush=True)  # seen now, not after the training
     data = load(args, out, found, info)
+    it = _iterator(args, data, batch)
+    info["on_device"] = it.on_device  # summary.json's settings say where the data was
+    where = "placed on the device" if it.on_device else "streamed from the host (larger than half the free memory)"
+    print(f"data: {where}")
     print()
-    return out, data, _iterator(args, data, batch)
+    return out, data, it
 
 
 def sweep(args: argparse.Namespace) -> int:
