@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_scale.py [--quick] [--repeats N] [--json PATH] [--parts memory,speed] [--big]
 [--data-dir DIR]``
-(``--quick``: N=20,000 rows everywhere (40,000 for ``big``), memory probes ``minibatch`` and ``sweep4`` only, a
+(``--quick``: N=20,000 rows everywhere (40,000 for ``big``), memory probe ``sweep4`` only, a
 smoke test whose numbers mean nothing; ``--big`` adds part ``big``, which first
 writes a 10 GB file: about a minute more; ``--data-dir``: write the data files there and keep them, reusing
 those already there, instead of a temporary folder deleted at the end).
@@ -77,7 +77,7 @@ SAME_TOLERANCE = 1e-5  # streamed and on-device runs read the same batches
 
 PARTS = ("memory", "speed", "big")
 MEMORY_PROBES = ("minibatch", "fit", "sweep2", "sweep4")
-QUICK_MEMORY_PROBES = ("minibatch", "sweep4")  # --quick: each compile takes seconds
+QUICK_MEMORY_PROBES = ("sweep4",)  # --quick: each compile takes seconds
 PLACEMENTS = ("streamed", "on device", "compute only")
 RUNS = ("1 epoch, eval_every=0", "2 epochs, eval_every=0", "2 epochs, default")
 

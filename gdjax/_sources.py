@@ -132,6 +132,19 @@ def place(on_device: Any, tree: PyTree, root: str = "data") -> bool:
     return on_device
 
 
+def stream(tree: PyTree, batch_size: int) -> _stream.Stream:
+    """How a compiled program reads the host data ``tree`` (checked): its reader, and the static spec."""
+    leaves, treedef = jax.tree.flatten(tree)
+    dtypes = [np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)) for x in leaves]
+    rows = tuple((tuple(int(d) for d in x.shape[1:]), dt) for x, dt in zip(leaves, dtypes, strict=True))
+    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
+    check_batch(batch_size * row_bytes, batch_size)
+    chunk = max(1, _stream.CHUNK_BYTES // max(1, batch_size * row_bytes))
+    read = reader(tree, dtypes)
+    read.data = tree
+    return _stream.Stream(read.token, _stream.Spec(treedef, rows, chunk), read)
+
+
 def check_batch(batch_bytes: int, batch_size: int) -> None:
     """Refuse streaming batches too large to hold: a streamed step holds its batch on the host and on the device."""
     free = free_bytes()

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax import _validate
 from gdjax._types import x64_enabled
 
 _warned_x64: set[str] = set()
@@ -26,6 +27,28 @@ _warned_x64: set[str] = set()
 def leaf_name(path: tuple, root: str = "data") -> str:
     """A readable name for a pytree path, such as ``data['x']`` (``root`` names the argument)."""
     return root + jax.tree_util.keystr(path) if path else root
+
+
+def check_tree(data: Any, root: str = "data", convert: bool = True) -> list[tuple[tuple, Any]]:
+    """Check ``data`` (the argument named ``root``) and return its (path, host or device array) leaves.
+
+    With ``convert``, 64-bit leaves become the 32-bit arrays JAX will use (without x64); streamed data
+    is converted block by block as it is read instead.
+    """
+    paths = _validate.leaves_with_paths(data, root)
+    if not paths:
+        raise ValueError(
+            f"{root} is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
+            "such as {'x': X, 'y': y}."
+        )
+    leaves = [(path, check_leaf(path, leaf, root, convert)) for path, leaf in paths]
+    lengths = {leaf_name(path, root): arr.shape[0] for path, arr in leaves}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+        raise ValueError(
+            f"{root} leaves must share the leading axis (one row per example), but {shown}. Make them the same length."
+        )
+    return leaves
 
 
 def check_leaf(path: tuple, leaf: Any, root: str = "data", convert: bool = True) -> Any:

@@ -89,7 +89,7 @@ def _eval_data(it: DataIterator, eval_data: Any) -> PyTree:
         return None
     if not isinstance(eval_data, DataIterator):
         raw = _sources.as_tree(eval_data, "eval_data")
-        if all(hasattr(x, "shape") and hasattr(x, "dtype") for x in jax.tree.leaves(raw)):
+        if all(hasattr(x, "shape") and hasattr(x, "dtype") for _, x in _validate.leaves_with_paths(raw, "eval_data")):
             _like_training(it, raw)  # cheap: before every value is checked
         eval_data = _build(raw, None, False, False, True if it.on_device else None, root="eval_data")
     _like_training(it, eval_data.data)

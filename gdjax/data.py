@@ -384,31 +384,18 @@ def _build(
         raise TypeError(f"drop_remainder must be True or False; got {drop_remainder!r}.")
     tree = _sources.as_tree(data, root)
     shaped = all(hasattr(x, "shape") for _, x in _validate.leaves_with_paths(tree, root))
-    device = _sources.place(on_device, tree, root) if shaped else on_device is not False  # else _prepare says why
+    device = _sources.place(on_device, tree, root) if shaped else on_device is not False  # else check_tree says why
     if device:
         tree = _sources.load(tree)
-    leaves = _prepare(tree, root, convert=device)
+    leaves = _validate_data.check_tree(tree, root, convert=device)
     n = leaves[0][1].shape[0]
     batch_size = n if batch_size is None else _validate.check_positive_int(batch_size, "batch_size", low=1, high=n)
     treedef = jax.tree.structure(tree)
     if device:
         arrays = jax.tree.unflatten(treedef, [jax.device_put(leaf) for _, leaf in leaves])
         return DataIterator(arrays, n, batch_size, shuffle, drop_remainder)
-    return _streamed(jax.tree.unflatten(treedef, [leaf for _, leaf in leaves]), n, batch_size, shuffle, drop_remainder)
-
-
-def _streamed(tree: PyTree, n: int, batch_size: int, shuffle: bool, drop_remainder: bool) -> DataIterator:
-    """A streamed iterator over the host data ``tree`` (checked): its reader and the program's static spec."""
-    leaves, treedef = jax.tree.flatten(tree)
-    dtypes = [np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)) for x in leaves]
-    rows = tuple((tuple(int(d) for d in x.shape[1:]), dt) for x, dt in zip(leaves, dtypes, strict=True))
-    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
-    _sources.check_batch(batch_size * row_bytes, batch_size)
-    chunk = max(1, _stream.CHUNK_BYTES // max(1, batch_size * row_bytes))
-    reader = _sources.reader(tree, dtypes)
-    reader.data = tree
-    spec = _stream.Spec(treedef, rows, chunk)
-    return DataIterator(tree, n, batch_size, shuffle, drop_remainder, _stream.Stream(reader.token, spec, reader))
+    host = jax.tree.unflatten(treedef, [leaf for _, leaf in leaves])
+    return DataIterator(host, n, batch_size, shuffle, drop_remainder, _sources.stream(host, batch_size))
 
 
 def stochastic(data: PyTree, *, shuffle: bool = True, on_device: bool | None = None) -> DataIterator:
@@ -433,27 +420,3 @@ def full_batch(data: PyTree, *, on_device: bool | None = None) -> DataIterator:
       1
     """
     return _build(data, None, False, False, on_device)
-
-
-def _prepare(data: PyTree, root: str = "data", convert: bool = True) -> list[tuple[tuple, Any]]:
-    """Check ``data`` (the argument named ``root``) and return its (path, host or device array) leaves.
-
-    With ``convert``, 64-bit leaves become the 32-bit arrays JAX will use (without x64); streamed data
-    is converted block by block as it is read instead.
-    """
-    if isinstance(data, DataIterator):
-        raise TypeError(f"{root} is already a DataIterator; pass its .data to build another one.")
-    paths = _validate.leaves_with_paths(data, root)
-    if not paths:
-        raise ValueError(
-            f"{root} is empty: it has no arrays. Pass a pytree of arrays with a leading axis of examples, "
-            "such as {'x': X, 'y': y}."
-        )
-    leaves = [(path, _validate_data.check_leaf(path, leaf, root, convert)) for path, leaf in paths]
-    lengths = {_validate_data.leaf_name(path, root): arr.shape[0] for path, arr in leaves}
-    if len(set(lengths.values())) > 1:
-        shown = ", ".join(f"{name} has {n}" for name, n in lengths.items())
-        raise ValueError(
-            f"{root} leaves must share the leading axis (one row per example), but {shown}. Make them the same length."
-        )
-    return leaves

@@ -294,23 +294,36 @@ def test_a_source_that_fails_mid_run_raises_its_own_error(error: Any, raised: ty
 
 
 INTERRUPTED = """
-import os, signal, sys, threading, time
+import os, signal, threading, time
 import jax, numpy as np, optax, gdjax as gd
 rng = np.random.default_rng(0)
-data = {"x": rng.standard_normal((20000, 32), dtype=np.float32), "y": rng.standard_normal(20000, dtype=np.float32)}
+arrays = {"x": rng.standard_normal((20000, 32), dtype=np.float32), "y": rng.standard_normal(20000, dtype=np.float32)}
+
+class Source:  # sends SIGINT from its third read once armed: the run is then surely under way
+    armed, reads, sent = False, 0, None
+    def __len__(self):
+        return 20000
+    def __getitem__(self, idx):
+        if self.armed:
+            self.reads += 1
+            if self.reads == 3:
+                self.sent = time.perf_counter()
+                os.kill(os.getpid(), signal.SIGINT)
+        return {k: v[idx] for k, v in arrays.items()}
+
+source = Source()
 m = gd.models.mlp((64,))
-it = gd.minibatch(data, 32, on_device=False)
+it = gd.minibatch(source, 32)
 fit = lambda epochs: gd.fit(m.loss, m.init(jax.random.key(0), 32), optax.sgd, it, epochs=epochs,
-                            key=jax.random.key(1), learning_rate=1e-3, progress=False)
+                            key=jax.random.key(1), learning_rate=1e-3)
 fit(1)  # compiled: the timed run below is all training
 t0 = time.perf_counter(); fit(1); epoch = time.perf_counter() - t0
-threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-t0 = time.perf_counter()
+source.armed = True
 try:
-    fit(200)
+    fit(1000)
     print("finished", flush=True)
 except KeyboardInterrupt:
-    print("interrupted", time.perf_counter() - t0, epoch, [t.name for t in threading.enumerate()], flush=True)
+    print("interrupted", time.perf_counter() - source.sent, epoch, [t.name for t in threading.enumerate()], flush=True)
 os._exit(0)  # as the gdjax command does after Ctrl-C: XLA's threads can crash the interpreter's teardown
 """
 
@@ -326,8 +339,8 @@ def test_ctrl_c_stops_a_streamed_run_at_once() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     word, seconds, epoch, threads = out.stdout.split(maxsplit=3)
     assert word == "interrupted", out.stdout
-    # 200 epochs would take 200 x epoch; the interrupt lands within a few blocks of steps
-    assert float(seconds) < 0.5 + min(5.0, 20 * float(epoch)), out.stdout
+    # 1000 epochs would take 1000 x epoch; the interrupt lands at the next read, a block of steps later
+    assert float(seconds) < min(5.0, 20 * float(epoch)), out.stdout
     assert "gdjax-run" not in threads, "the run's thread has stopped"
 
 

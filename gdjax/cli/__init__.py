@@ -106,10 +106,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _inside_finalizer(frame: FrameType | None) -> bool:
-    """Whether Python is running a garbage-collector callback or a ``__del__``: an exception raised there is dropped."""
+    """Whether Python runs a garbage-collector or weakref callback or a ``__del__``: an exception there is dropped."""
     callbacks = {getattr(fn, "__code__", None) for fn in gc.callbacks}
     while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+        code = frame.f_code
+        weakref_callback = code.co_filename.endswith(("weakref.py", "_weakrefset.py"))
+        if code in callbacks or code.co_name == "__del__" or weakref_callback:
             return True
         frame = frame.f_back
     return False
