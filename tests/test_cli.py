@@ -863,8 +863,14 @@ def test_ctrl_c_while_compiling_exits_130(linear_csv: Path, tmp_path: Path) -> N
     interrupt landed in JAX's garbage-collector callback, lose it and train on.
     """
     args = ["sweep", str(linear_csv), "--target", "y", "--model", "mlp", "--num-lrs", "4", "--epochs", "100000"]
+    # SIGINT back to Python's handler in the child: a test session started in the background (`cmd &` in a
+    # script) hands its children SIGINT ignored, and gdjax then rightly leaves it ignored.
+    main = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'gdjax'; runpy.run_module('gdjax', run_name='__main__', alter_sys=True)"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gdjax", *args, "--no-progress", "--out", "out"],
+        [sys.executable, "-c", main, *args, "--no-progress", "--out", "out"],
         cwd=tmp_path, env={**os.environ, "MPLBACKEND": "Agg"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip

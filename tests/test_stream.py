@@ -295,6 +295,7 @@ def test_a_source_that_fails_mid_run_raises_its_own_error(error: Any, raised: ty
 
 INTERRUPTED = """
 import os, signal, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a session started in the background hands it ignored
 import jax, numpy as np, optax, gdjax as gd
 rng = np.random.default_rng(0)
 arrays = {"x": rng.standard_normal((20000, 32), dtype=np.float32), "y": rng.standard_normal(20000, dtype=np.float32)}
