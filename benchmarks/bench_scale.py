@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_scale.py [--quick] [--repeats N] [--json PATH] [--parts memory,speed] [--big]
 [--data-dir DIR]``
-(``--quick``: N=20,000 rows everywhere (40,000 for ``big``), memory probe ``sweep4`` only, a
+(``--quick``: one round, N=20,000 rows everywhere (40,000 for ``big``), memory probe ``sweep4`` only, a
 smoke test whose numbers mean nothing; ``--big`` adds part ``big``, which first
 writes a 10 GB file: about a minute more; ``--data-dir``: write the data files there and keep them, reusing
 those already there, instead of a temporary folder deleted at the end).
@@ -547,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="write the data files here and keep them (reusing those there)")
     p.add_argument("--probe", help="internal: run one probe (JSON) and print its result as JSON")
     args = tm.parse(p, argv)
+    if args.quick:
+        args.repeats = 1  # a smoke test: one round is enough to see every way run
     if args.probe:
         spec = json.loads(args.probe)
         print(json.dumps(speed_probe(spec) if spec["part"] == "speed" else memory_probe(spec)))
