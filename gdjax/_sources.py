@@ -13,6 +13,7 @@ streamed iterator reads through.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -162,7 +163,7 @@ def load(tree: PyTree) -> PyTree:
     leaves, treedef = jax.tree.flatten(tree)
     if not any(isinstance(x, SourceLeaf) for x in leaves):
         return tree
-    read = reader(tree)._read
+    read = _read_rows(tree)  # a plain read: no reader (token, read-ahead) for a one-off load
     n = leaves[0].shape[0]
     out = [np.empty(x.shape, x.dtype) for x in leaves]
     step = max(1, (64 << 20) // max(1, nbytes(tree) // n))
@@ -191,14 +192,20 @@ def _sorted_read(source: Any) -> Any:
     return read
 
 
+def _read_rows(tree: PyTree) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """``read(indices)``: the data's leaves at ``indices`` (one read of the source for a random-access source)."""
+    leaves = jax.tree.leaves(tree)
+    sources = {id(x.source) for x in leaves if isinstance(x, SourceLeaf)}
+    if len(sources) == 1 and all(isinstance(x, SourceLeaf) for x in leaves):
+        return _sorted_read(leaves[0].source)
+    arrays = [np.asarray(x) if isinstance(x, jax.Array) else x for x in leaves]
+    return lambda idx: [_rows(x, idx) for x in arrays]
+
+
 def reader(tree: PyTree, dtypes: list[np.dtype] | None = None) -> _stream.Reader:
-    """The host reader of the data's leaves (one read of the source per request for a random-access source)."""
+    """The host reader of the data's leaves, with its read-ahead."""
     leaves = jax.tree.leaves(tree)
     dtypes = [np.dtype(x.dtype) for x in leaves] if dtypes is None else dtypes
     rows = [tuple(x.shape[1:]) for x in leaves]
     names = [_validate_data.leaf_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    sources = {id(x.source) for x in leaves if isinstance(x, SourceLeaf)}
-    if len(sources) == 1 and all(isinstance(x, SourceLeaf) for x in leaves):
-        return _stream.Reader(_sorted_read(leaves[0].source), dtypes, rows, names)
-    arrays = [np.asarray(x) if isinstance(x, jax.Array) else x for x in leaves]
-    return _stream.Reader(lambda idx: [_rows(x, idx) for x in arrays], dtypes, rows, names)
+    return _stream.Reader(_read_rows(tree), dtypes, rows, names)
