@@ -95,6 +95,7 @@ def config(
         _CHECKED.put(sig, checked)
     dtype, ev = checked
     aux_size = sum(math.prod(shape) for _, shape in ev.aux)
+    acc = accumulation_dtype(dtype)
     return Config.make(
         loss_fn,
         optimizer,
@@ -102,8 +103,10 @@ def config(
         has_aux=bool(has_aux),
         batched=bool(batched),
         log_every=log_every,
-        epoch_capacity=capacity(epochs, it.num_batches, log_every, members, itemsize=8, columns=ev.width, aux=aux_size),
-        loss_dtype=accumulation_dtype(dtype),
+        epoch_capacity=capacity(
+            epochs, it.num_batches, log_every, members, itemsize=np.dtype(acc).itemsize, columns=ev.width, aux=aux_size
+        ),
+        loss_dtype=acc,
         unroll=unroll_for(params, it.batch_size),
         evaluation=ev,
         loss_hparams=loss_hparams,

@@ -52,11 +52,19 @@ def stop_position(run_epoch: int, diverged_at: int, steps_per_epoch: int) -> int
     return run_epoch * steps_per_epoch
 
 
-def window_means(sums: np.ndarray, positions: int, log_every: int) -> np.ndarray:
-    """Turn window sums over ``positions`` step positions (last axis) into window means."""
-    count = ceil_div(positions, log_every)
-    sizes = np.minimum(log_every, positions - log_every * np.arange(count))
-    return sums[..., :count] / sizes
+def window_means(sums: np.ndarray, positions: list[int], log_every: int) -> np.ndarray:
+    """Each run's window sums (runs first, windows last) as means over ``positions`` step positions; NaN after.
+
+    The windows are as many as the most positions any run went through.
+    """
+    width = ceil_div(max(positions), log_every) if positions else 0
+    means = sums[..., :width] / sums.dtype.type(log_every) if log_every > 1 else sums[..., :width].copy()
+    for k, pos in enumerate(positions):
+        count, last = ceil_div(pos, log_every), pos % log_every
+        if last:  # the run's last window is partial: divide its sum by its own size
+            means[k, ..., count - 1] = sums[k, ..., count - 1] / sums.dtype.type(last)
+        means[k, ..., count:] = np.nan
+    return means
 
 
 def evaluation_epochs(eval_every: int, last_epoch: int, first: int = 0) -> tuple[np.ndarray, bool]:
@@ -85,14 +93,9 @@ def histories(cfg: Config, steps_per_epoch: int, run: RunState, *, members: bool
     positions = [
         stop_position(int(e), int(d), steps_per_epoch) - origin for e, d in zip(num_epochs, diverged_at, strict=True)
     ]
-    width = ceil_div(max(positions), cfg.log_every) if positions else 0
     count = len(positions)
-    losses = np.full((count, width), np.nan, host.loss_sums.dtype)
-    aux = np.full((count, np.shape(host.aux_sums)[1], width), np.nan, host.loss_sums.dtype)
-    for k, pos in enumerate(positions):
-        means = window_means(np.asarray(host.loss_sums[k]), pos, cfg.log_every)
-        losses[k, : len(means)] = means
-        aux[k, :, : len(means)] = window_means(np.asarray(host.aux_sums[k]), pos, cfg.log_every)
+    losses = window_means(np.asarray(host.loss_sums), positions, cfg.log_every)
+    aux = window_means(np.asarray(host.aux_sums), positions, cfg.log_every)
     epochs_run = int(num_epochs.max()) - first if count else 0
     rows = np.moveaxis(np.asarray(host.evals)[:, :, :epochs_run], 1, 2)  # (M, epochs, columns)
     last = np.asarray(host.last)

@@ -27,13 +27,22 @@ follows the epochs that run, whatever ``epochs`` is.
 
 Divergence: every step's mini-batch loss vouches for the parameters it was
 computed with. A non-finite loss sends the run back to the last parameters
-whose loss was finite (one step earlier), sets ``diverged`` with the step in
+whose loss was finite (one step earlier; at the first step of a window, the
+window's first parameters), sets ``diverged`` with the step in
 ``diverged_at``, records NaN for the rest of the epoch and stops the run at
 its end. Once an epoch all parameters are checked as well, and at an
 evaluation the full-data loss; a run failing that goes back to its
-parameters at the start of the epoch. So a diverged run always returns finite parameters with a finite
-full-data loss, and the per-step check costs no reduction over the
-parameters.
+parameters at the start of the epoch. So a diverged run always returns
+finite parameters with a finite full-data loss.
+
+The steps run in windows of at most :data:`WINDOW_STEPS` with no
+bookkeeping at all: a window's steps are plain steps, and one check of the
+window's losses follows. Only where a run's loss went non-finite in the
+window (a rare event: once per diverging run) are the window's steps run
+again from its start, checked one by one, under a ``lax.cond`` that the
+members of a sweep agree on, so the others never pay for it and keep the
+bits of their plain steps. A single-sample step costs what the expert's
+hand-written step costs.
 """
 
 from __future__ import annotations
@@ -122,8 +131,10 @@ def start(cfg: Config, it: DataIterator, init: TrainState, member: _Member, firs
     )
 
 
-def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos, epoch) -> tuple:
-    """The epoch's scan over its batches, with the per-step divergence fallback."""
+def _steps(
+    cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos, epoch, axis: str | None
+) -> tuple:
+    """The epoch's steps, in windows: plain steps, then one finiteness check per window (see the module docstring)."""
     step = make_step(
         cfg.bind(member.loss_hparams),
         cfg.build(member.hparams),
@@ -135,43 +146,99 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
     loss_key = jax.random.fold_in(key, LOSS_STREAM) if cfg.with_key else None
     nan = jnp.array(jnp.nan, cfg.loss_dtype)
 
-    def one_step(carry, xs):
-        state, last_good, diverged, diverged_at = carry
-        b_data, b_mask, b_pos = xs  # the batch's indices into the data, or for streamed data its examples
+    def plain(state: TrainState, xs: tuple) -> tuple:
+        b_data, b_mask, _ = xs  # the batch's indices into the data, or for streamed data its examples
         batch = it.gather(b_data, b_mask) if it.on_device else Batch(b_data, b_mask)
         new, metrics = step(state, batch, loss_key)
-        loss = metrics["loss"].astype(cfg.loss_dtype)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
+        return new, (metrics["loss"].astype(cfg.loss_dtype), aux)
+
+    def checked(carry: tuple, xs: tuple) -> tuple:
+        state, last_good, diverged, diverged_at = carry
+        new, (loss, aux) = plain(state, xs)
         # The loss of ``state`` on this batch vouches for ``state``: keep it as the fallback and move on;
         # a non-finite loss sends the run back to the last state whose loss was finite, for good.
         ok = ~diverged & jnp.isfinite(loss)
         pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
         newly = ~diverged & ~ok
-        carry = (pick(new, last_good), pick(state, last_good), diverged | newly, jnp.where(newly, b_pos, diverged_at))
+        carry = (pick(new, last_good), pick(state, last_good), diverged | newly, jnp.where(newly, xs[2], diverged_at))
         return carry, (jnp.where(diverged, nan, loss), jnp.where(diverged, nan, aux))
 
-    init = (run.train, run.train, run.diverged, run.diverged_at)
+    def window(carry: tuple, xs: tuple) -> tuple:
+        """Plain steps; where a run's loss went non-finite in them, the same steps again, checked one by one."""
+        state, diverged, diverged_at = carry
+        fast, (losses, aux) = jax.lax.scan(plain, state, xs, unroll=cfg.unroll)
+        newly = ~diverged & ~jnp.all(jnp.isfinite(losses))
+
+        def replay(_: None) -> tuple:
+            init = (state, state, diverged, diverged_at)
+            (again, _, d, at), (l_again, a_again) = jax.lax.scan(checked, init, xs, unroll=cfg.unroll)
+            pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(newly, x, y), a, b)  # noqa: E731
+            return pick(again, fast), pick(l_again, losses), pick(a_again, aux), d | diverged, pick(at, diverged_at)
+
+        # Under a sweep's vmap the members agree on whether to replay (a cond stays a cond), and a run that
+        # did not diverge keeps its plain steps' results, so another member's divergence never changes its bits.
+        anyone = newly if axis is None else jax.lax.psum(newly.astype(jnp.int32), axis) > 0
+        fast, losses, aux, diverged_now, diverged_at = jax.lax.cond(
+            anyone, replay, lambda _: (fast, losses, aux, diverged, diverged_at), None
+        )
+        frozen = lambda a, b: jax.tree.map(lambda x, y: jnp.where(diverged, x, y), a, b)  # noqa: E731
+        out = (frozen(jnp.full_like(losses, jnp.nan), losses), frozen(jnp.full_like(aux, jnp.nan), aux))
+        return (frozen(state, fast), diverged_now, diverged_at), out
+
+    init = (run.train, run.diverged, run.diverged_at)
     if it.on_device:
-        carry, (losses, aux) = jax.lax.scan(one_step, init, (idx, mask, pos), unroll=cfg.unroll)
+        carry, (losses, aux) = _windows(window, init, (idx, mask, pos), _window_steps(it, cfg.unroll))
     else:
-        carry, (losses, aux) = _streamed_steps(it, one_step, init, (idx, mask, pos), key, epoch, cfg.unroll)
-    state, _, diverged, diverged_at = carry
+        carry, (losses, aux) = _streamed_steps(it, window, init, (idx, mask, pos), key, epoch, cfg.unroll)
+    state, diverged, diverged_at = carry
     return state, diverged, diverged_at, losses, aux
 
 
-def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple, key, epoch, unroll: int) -> tuple:
+#: Steps between finiteness checks (a multiple of the scan's unroll): a run whose loss goes non-finite has
+#: its window's steps run again, checked one by one, so this bounds that cost; a check costs a reduction of
+#: the window's losses.
+WINDOW_STEPS = 64
+#: The name of the vmap axis of a sweep's members inside the program (one device's share of them).
+MEMBER_AXIS = "member"
+
+
+def _window_steps(it: DataIterator, unroll: int) -> int:
+    """Steps per window: at most :data:`WINDOW_STEPS` and a streamed read's batches, whole groups of the unroll.
+
+    The same for data on the device and streamed, so the two compile their steps alike, to the same bits:
+    every step sits in the unrolled code of the same window at the same place.
+    """
+    k = min(it.num_batches, WINDOW_STEPS, it.chunk_steps)
+    k = k // unroll * unroll if k >= unroll else 1 << (k.bit_length() - 1)
+    return k if unroll % k == 0 or k % unroll == 0 else 1
+
+
+def _windows(window: Callable, init: tuple, xs: tuple, k: int) -> tuple:
+    """``window`` over ``xs`` cut into windows of ``k`` steps (the last one shorter); outputs joined."""
+    steps = xs[-1].shape[0]  # positions: one per step
+    full, rest = divmod(steps, k)
+    outs, carry = [], init
+    if full:
+        shaped = lambda a: a[: full * k].reshape(full, k, *a.shape[1:])  # noqa: E731
+        carry, out = jax.lax.scan(window, carry, jax.tree.map(shaped, xs))
+        outs.append(jax.tree.map(lambda a: a.reshape(full * k, *a.shape[2:]), out))
+    if rest:
+        carry, out = window(carry, jax.tree.map(lambda a: a[full * k :], xs))
+        outs.append(out)
+    return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
+def _streamed_steps(it: DataIterator, window: Callable, init: tuple, xs: tuple, key, epoch, unroll: int) -> tuple:
     """The epoch's steps over streamed data: a scan over blocks of ``it.chunk_steps`` batches read from the host.
 
     Each block's read names the next block's indices (for the last, the next epoch's first), so the host
-    reads it while this one computes.
+    reads it while this one computes. A block is a window of the finiteness check.
     """
     idx, mask, pos = xs
     steps, b = it.num_batches, it.batch_size
-    # Blocks are whole groups of the scan's unrolled steps (or divide one group), so every step sits in the
-    # unrolled code exactly where the on-device program has it: XLA compiles them alike, to the same bits.
-    k = it.chunk_steps
-    k = k // unroll * unroll if k >= unroll else 1 << (k.bit_length() - 1)
-    k = k if unroll % k == 0 or k % unroll == 0 else 1
+    w = _window_steps(it, unroll)
+    k = max(w, it.chunk_steps // w * w)  # a block is whole windows; the epoch's last block ends with the rest
     full, rest = divmod(steps, k)
     ahead, ahead_mask = it.epoch_indices(key, epoch + 1, count=k)
     upcoming = jnp.where(ahead_mask, ahead, -1)
@@ -179,7 +246,7 @@ def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple
     def block(carry, xs):
         b_idx, b_mask, b_pos, b_next = xs
         batches = it.gather(b_idx, b_mask, b_next).data  # (steps of the block, batch, ...)
-        return jax.lax.scan(one_step, carry, (batches, b_mask, b_pos), unroll=unroll)
+        return _windows(window, carry, (batches, b_mask, b_pos), w)
 
     outs = []
     carry = init
@@ -187,9 +254,7 @@ def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple
         shaped = lambda a: a[: full * k].reshape(full, k, *a.shape[1:])  # noqa: E731
         after = jnp.full((k, b), -1, jnp.int32).at[:rest].set(idx[full * k :]) if rest else upcoming
         nexts = jnp.concatenate([shaped(idx)[1:], after[None]])
-        carry, out = jax.lax.scan(
-            block, carry, (shaped(idx), shaped(mask), shaped(pos), nexts), unroll=max(1, unroll // k)
-        )
+        carry, out = jax.lax.scan(block, carry, (shaped(idx), shaped(mask), shaped(pos), nexts))
         outs.append(jax.tree.map(lambda a: a.reshape(full * k, *a.shape[2:]), out))
     if rest:
         carry, out = block(carry, (idx[full * k :], mask[full * k :], pos[full * k :], upcoming))
@@ -198,24 +263,45 @@ def _streamed_steps(it: DataIterator, one_step: Callable, init: tuple, xs: tuple
 
 
 def _log(cfg: Config, run: RunState, losses: jax.Array, aux: jax.Array, epoch, pos, steps: int) -> tuple:
-    """The window sums with this epoch's step losses (and aux, ``(steps, elements)``) added."""
+    """The window sums with this epoch's step losses (and aux, ``(steps, elements)``) added, if the run is active.
+
+    Only the epoch's part of the buffers is read and written: a stopped run's is written back unchanged.
+    """
+    going = active(run)
     if cfg.log_every == 1:
         at = (epoch - run.base) * steps
+        zero = jnp.zeros_like(at)
+        old, old_aux = (
+            jax.lax.dynamic_slice(run.loss_sums, (at,), (steps,)),
+            jax.lax.dynamic_slice(run.aux_sums, (zero, at), (run.aux_sums.shape[0], steps)),
+        )
         return (
-            jax.lax.dynamic_update_slice(run.loss_sums, losses, (at,)),
-            jax.lax.dynamic_update_slice(run.aux_sums, aux.T, (jnp.zeros_like(at), at)),
+            jax.lax.dynamic_update_slice(run.loss_sums, jnp.where(going, losses, old), (at,)),
+            jax.lax.dynamic_update_slice(run.aux_sums, jnp.where(going, aux.T, old_aux), (zero, at)),
         )
     window = (pos - run.first * steps) // cfg.log_every - (run.base - run.first) * steps // cfg.log_every
-    return run.loss_sums.at[window].add(losses), run.aux_sums.at[:, window].add(aux.T)
+    return (
+        run.loss_sums.at[window].add(jnp.where(going, losses, 0)),
+        run.aux_sums.at[:, window].add(jnp.where(going, aux.T, 0)),
+    )
 
 
 def _epoch(
-    cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member, key, idx, mask, epoch
+    cfg: Config,
+    it: DataIterator,
+    shared: Inputs,
+    axis: str | None,
+    run: RunState,
+    member: _Member,
+    key,
+    idx,
+    mask,
+    epoch,
 ) -> RunState:
     """One epoch of one run over the given batch indices; a no-op for a stopped run."""
     steps, ev = it.num_batches, cfg.evaluation
     pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
-    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos, epoch)
+    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos, epoch, axis)
     sums, aux_sums = _log(cfg, run, losses, aux, epoch, pos, steps)
     done = epoch + 1
     nan_row = jnp.full((ev.width,), jnp.nan, cfg.loss_dtype)
@@ -240,14 +326,19 @@ def _epoch(
         epoch=done,
         loss_sums=sums,
         aux_sums=aux_sums,
-        evals=run.evals.at[:, epoch - run.base].set(row),
+        evals=run.evals.at[:, epoch - run.base].set(jnp.where(active(run), row, run.evals[:, epoch - run.base])),
         last=jnp.where(evaluated | bad, row, run.last),
         converged=counts & (row[0] <= shared.tol),
         diverged=diverged | bad,
         diverged_at=jnp.where(bad & ~diverged, pos[-1], diverged_at),
         watch=_evaluation.watch(ev, run.watch, row, state.params, state.model_state, done, counts),
     )
-    return jax.tree.map(lambda a, b: jnp.where(active(run), a, b), new, run)
+    # A stopped run stays as it was. The history buffers are left out of this select (it would read and write
+    # them whole every epoch): their epoch's part was written only for an active run.
+    buffers = {name: getattr(new, name) for name in ("loss_sums", "aux_sums", "evals")}
+    none = dict.fromkeys(buffers)
+    kept = jax.tree.map(lambda a, b: jnp.where(active(run), a, b), new._replace(**none), run._replace(**none))
+    return kept._replace(**buffers)
 
 
 def _final(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member) -> RunState:
@@ -280,12 +371,12 @@ def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> R
     is not 1, the final parameters are evaluated.
     """
     cfg, it = layout.cfg, inputs.it
-    one = functools.partial(_epoch, cfg, it, inputs)
+    one = functools.partial(_epoch, cfg, it, inputs, MEMBER_AXIS if layout.members else None)
     final = functools.partial(_final, cfg, it, inputs)
     orders = it.epoch_indices
     if layout.members:
         ax = 0 if layout.keys_batched else None
-        one = jax.vmap(one, in_axes=(0, 0, ax, ax, ax, None))
+        one = jax.vmap(one, in_axes=(0, 0, ax, ax, ax, None), axis_name=MEMBER_AXIS)
         final = jax.vmap(final)
         orders = jax.vmap(it.epoch_indices, (0, None)) if layout.keys_batched else orders
 

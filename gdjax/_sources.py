@@ -140,7 +140,7 @@ def stream(tree: PyTree, batch_size: int) -> _stream.Stream:
     rows = tuple((tuple(int(d) for d in x.shape[1:]), dt) for x, dt in zip(leaves, dtypes, strict=True))
     row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
     check_batch(batch_size * row_bytes, batch_size)
-    chunk = max(1, _stream.CHUNK_BYTES // max(1, batch_size * row_bytes))
+    chunk = _stream.read_batches(row_bytes, batch_size)
     read = reader(tree, dtypes)
     read.data = tree
     return _stream.Stream(read.token, _stream.Spec(treedef, rows, chunk), read)

@@ -47,6 +47,11 @@ CHUNK_BYTES = 8 << 20
 _KEEP = 4
 
 
+def read_batches(row_bytes: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` examples of ``row_bytes`` each that one read of a streamed epoch takes."""
+    return max(1, CHUNK_BYTES // max(1, batch_size * row_bytes))
+
+
 class Spec(NamedTuple):
     """The static description of streamed data: equal specs share compiled programs.
 

@@ -194,8 +194,14 @@ class DataIterator:
 
     @property
     def chunk_steps(self) -> int:
-        """Batches a streamed epoch reads from the host at a time (1 for on-device data)."""
-        return 1 if self.stream is None else min(self.num_batches, self.stream.spec.chunk_steps)
+        """Batches a streamed epoch reads from the host at a time (for data on the device: would read)."""
+        if self.stream is not None:
+            return min(self.num_batches, self.stream.spec.chunk_steps)
+        row_bytes = sum(
+            int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)).itemsize
+            for x in jax.tree.leaves(self.data)
+        )
+        return min(self.num_batches, _stream.read_batches(row_bytes, self.batch_size))
 
     @property
     def is_whole_data(self) -> bool:

@@ -101,8 +101,10 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
       2.0
     """
     acc = accumulation_dtype(values.dtype)
-    count = jnp.maximum(jnp.sum(mask, dtype=jnp.int32), 1).astype(acc)
-    scale = jnp.exp2(jnp.ceil(jnp.log2(count)))
+    whole = jnp.maximum(jnp.sum(mask, dtype=jnp.int32), 1)
+    count = whole.astype(acc)
+    # the power of two at or above the count, in integer ops (cheap: XLA fuses them into their users)
+    scale = jnp.left_shift(jnp.int32(1), 32 - jax.lax.clz(whole - 1)).astype(acc)
     keep = mask.reshape(mask.shape + (1,) * (values.ndim - 1))
     total = jnp.sum(jnp.where(keep, values.astype(acc) / scale, 0), axis=0)
     return total / count * scale
