@@ -25,24 +25,17 @@ state), so those calls share one compiled program. The history buffers hold
 segment off the device (:class:`gdjax._runner.HostHistory`), so memory
 follows the epochs that run, whatever ``epochs`` is.
 
-Divergence: every step's mini-batch loss vouches for the parameters it was
-computed with. A non-finite loss sends the run back to the last parameters
-whose loss was finite (one step earlier; at the first step of a window, the
-window's first parameters), sets ``diverged`` with the step in
-``diverged_at``, records NaN for the rest of the epoch and stops the run at
-its end. Once an epoch all parameters are checked as well, and at an
-evaluation the full-data loss; a run failing that goes back to its
+Divergence: the steps run in windows of at most :data:`WINDOW_STEPS`
+plain steps, with no bookkeeping in them; one check of the window's losses
+follows. A run whose loss went non-finite in the window goes back to its
+parameters at the window's start (whose loss on the window's first batch was
+finite, unless that was the bad one), sets ``diverged`` with the first bad
+step in ``diverged_at``, records NaN from that step to the end of the epoch
+and stops at its end. Once an epoch all parameters are checked as well, and
+at an evaluation the full-data loss; a run failing that goes back to its
 parameters at the start of the epoch. So a diverged run always returns
-finite parameters with a finite full-data loss.
-
-The steps run in windows of at most :data:`WINDOW_STEPS` with no
-bookkeeping at all: a window's steps are plain steps, and one check of the
-window's losses follows. Only where a run's loss went non-finite in the
-window (a rare event: once per diverging run) are the window's steps run
-again from its start, checked one by one, under a ``lax.cond`` that the
-members of a sweep agree on, so the others never pay for it and keep the
-bits of their plain steps. A single-sample step costs what the expert's
-hand-written step costs.
+finite parameters with a finite full-data loss, and a step costs what the
+expert's hand-written step costs: no copy of the last good state, no select.
 """
 
 from __future__ import annotations
@@ -131,9 +124,7 @@ def start(cfg: Config, it: DataIterator, init: TrainState, member: _Member, firs
     )
 
 
-def _steps(
-    cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos, epoch, axis: str | None
-) -> tuple:
+def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, idx, mask, pos, epoch) -> tuple:
     """The epoch's steps, in windows: plain steps, then one finiteness check per window (see the module docstring)."""
     step = make_step(
         cfg.bind(member.loss_hparams),
@@ -153,38 +144,18 @@ def _steps(
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
         return new, (metrics["loss"].astype(cfg.loss_dtype), aux)
 
-    def checked(carry: tuple, xs: tuple) -> tuple:
-        state, last_good, diverged, diverged_at = carry
-        new, (loss, aux) = plain(state, xs)
-        # The loss of ``state`` on this batch vouches for ``state``: keep it as the fallback and move on;
-        # a non-finite loss sends the run back to the last state whose loss was finite, for good.
-        ok = ~diverged & jnp.isfinite(loss)
-        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
-        newly = ~diverged & ~ok
-        carry = (pick(new, last_good), pick(state, last_good), diverged | newly, jnp.where(newly, xs[2], diverged_at))
-        return carry, (jnp.where(diverged, nan, loss), jnp.where(diverged, nan, aux))
-
     def window(carry: tuple, xs: tuple) -> tuple:
-        """Plain steps; where a run's loss went non-finite in them, the same steps again, checked one by one."""
+        """Plain steps, then one check: a run whose loss went non-finite in them goes back to their start."""
         state, diverged, diverged_at = carry
         fast, (losses, aux) = jax.lax.scan(plain, state, xs, unroll=cfg.unroll)
-        newly = ~diverged & ~jnp.all(jnp.isfinite(losses))
-
-        def replay(_: None) -> tuple:
-            init = (state, state, diverged, diverged_at)
-            (again, _, d, at), (l_again, a_again) = jax.lax.scan(checked, init, xs, unroll=cfg.unroll)
-            pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(newly, x, y), a, b)  # noqa: E731
-            return pick(again, fast), pick(l_again, losses), pick(a_again, aux), d | diverged, pick(at, diverged_at)
-
-        # Under a sweep's vmap the members agree on whether to replay (a cond stays a cond), and a run that
-        # did not diverge keeps its plain steps' results, so another member's divergence never changes its bits.
-        anyone = newly if axis is None else jax.lax.psum(newly.astype(jnp.int32), axis) > 0
-        fast, losses, aux, diverged_now, diverged_at = jax.lax.cond(
-            anyone, replay, lambda _: (fast, losses, aux, diverged, diverged_at), None
-        )
-        frozen = lambda a, b: jax.tree.map(lambda x, y: jnp.where(diverged, x, y), a, b)  # noqa: E731
-        out = (frozen(jnp.full_like(losses, jnp.nan), losses), frozen(jnp.full_like(aux, jnp.nan), aux))
-        return (frozen(state, fast), diverged_now, diverged_at), out
+        finite = jnp.isfinite(losses)
+        newly = ~diverged & ~jnp.all(finite)
+        first = jnp.argmin(finite)  # the first step whose loss was not finite
+        after = diverged | (newly & (jnp.arange(losses.shape[0]) >= first))  # steps whose losses are NaN
+        out = (jnp.where(after, nan, losses), jnp.where(after[:, None], nan, aux))
+        back = diverged | newly
+        state = jax.tree.map(lambda x, y: jnp.where(back, x, y), state, fast)
+        return (state, back, jnp.where(newly, xs[2][first], diverged_at)), out
 
     init = (run.train, run.diverged, run.diverged_at)
     if it.on_device:
@@ -195,12 +166,9 @@ def _steps(
     return state, diverged, diverged_at, losses, aux
 
 
-#: Steps between finiteness checks (a multiple of the scan's unroll): a run whose loss goes non-finite has
-#: its window's steps run again, checked one by one, so this bounds that cost; a check costs a reduction of
-#: the window's losses.
+#: Steps between finiteness checks (a multiple of the scan's unroll): a run whose loss goes non-finite goes
+#: back at most this many steps; a check costs a reduction of the window's losses and one select of the state.
 WINDOW_STEPS = 64
-#: The name of the vmap axis of a sweep's members inside the program (one device's share of them).
-MEMBER_AXIS = "member"
 
 
 def _window_steps(it: DataIterator, unroll: int) -> int:
@@ -290,7 +258,6 @@ def _epoch(
     cfg: Config,
     it: DataIterator,
     shared: Inputs,
-    axis: str | None,
     run: RunState,
     member: _Member,
     key,
@@ -301,7 +268,7 @@ def _epoch(
     """One epoch of one run over the given batch indices; a no-op for a stopped run."""
     steps, ev = it.num_batches, cfg.evaluation
     pos = epoch * steps + jnp.arange(steps, dtype=jnp.int32)
-    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos, epoch, axis)
+    state, diverged, diverged_at, losses, aux = _steps(cfg, it, run, member, key, idx, mask, pos, epoch)
     sums, aux_sums = _log(cfg, run, losses, aux, epoch, pos, steps)
     done = epoch + 1
     nan_row = jnp.full((ev.width,), jnp.nan, cfg.loss_dtype)
@@ -371,12 +338,12 @@ def train(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> R
     is not 1, the final parameters are evaluated.
     """
     cfg, it = layout.cfg, inputs.it
-    one = functools.partial(_epoch, cfg, it, inputs, MEMBER_AXIS if layout.members else None)
+    one = functools.partial(_epoch, cfg, it, inputs)
     final = functools.partial(_final, cfg, it, inputs)
     orders = it.epoch_indices
     if layout.members:
         ax = 0 if layout.keys_batched else None
-        one = jax.vmap(one, in_axes=(0, 0, ax, ax, ax, None), axis_name=MEMBER_AXIS)
+        one = jax.vmap(one, in_axes=(0, 0, ax, ax, ax, None))
         final = jax.vmap(final)
         orders = jax.vmap(it.epoch_indices, (0, None)) if layout.keys_batched else orders
 

@@ -37,10 +37,12 @@ MAX_STEPS = 2**31 - 1
 #: whenever that segment is full.
 HISTORY_BYTES = 32 << 20
 #: Steps whose parameter count times batch size is at most this are unrolled ``SMALL_STEP_UNROLL`` times in
-#: the scan: for such small steps the loop's own overhead dominates (measured: 35% less time for linear
-#: regression with D=64 and batch 32 on a 2-core CPU); for large ones unrolling only lengthens compilation.
+#: the scan. Unrolling 4 times once saved 35% (linear regression, D=64, batch 32, 2-core CPU) when every step
+#: carried a fallback copy of the state; with the windowed steps of :mod:`gdjax._program` it measures no
+#: faster (sweep / expert 0.78x unrolled 4 times, 0.78x not unrolled; single-sample 1.63x against 1.46x) and
+#: each unrolled copy of the step is compiled again, so steps are not unrolled.
 SMALL_STEP_WORK = 2**16
-SMALL_STEP_UNROLL = 4
+SMALL_STEP_UNROLL = 1
 #: The loss's keys (``with_key``) come from ``fold_in(order key, LOSS_STREAM)``, then the step, then the example;
 #: the data order folds in the epoch number (below 2**31), so the two streams never meet.
 LOSS_STREAM = 2**32 - 1
