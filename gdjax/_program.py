@@ -139,6 +139,8 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
 
     def plain(state: TrainState, xs: tuple) -> tuple:
         b_data, b_mask, _ = xs  # the batch's indices into the data, or for streamed data its examples
+        # Without padding every mask is all True: a constant one lets XLA drop the masking from the step.
+        b_mask = b_mask if it.padded else jnp.ones_like(b_mask)
         batch = it.gather(b_data, b_mask) if it.on_device else Batch(b_data, b_mask)
         new, metrics = step(state, batch, loss_key)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)

@@ -124,6 +124,11 @@ class DataIterator:
         return self.num_examples
 
     @property
+    def padded(self) -> bool:
+        """Whether an epoch has a batch with padding rows (its mask not all True): known before compiling."""
+        return self.num_batches * self.batch_size != self.examples_per_epoch
+
+    @property
     def spec(self) -> tuple[int, int, bool, bool]:
         """The static part ``(N, B, shuffle, drop_remainder)``: equal specs share compiled code."""
         return (self.num_examples, self.batch_size, self.shuffle, self.drop_remainder)
