@@ -225,10 +225,25 @@ def run_arguments(loss_fn: Any, data: Any, epochs: Any, key: Any, tol: Any, log_
     return RunArgs(it, epochs, check_key(key), check_tol(tol), check_positive_int(log_every, "log_every", low=1))
 
 
-def keyword_refusal(fn: Callable[..., Any], names: Any) -> str | None:
-    """Why ``fn(params, x, **names)`` cannot be called, by its signature (None: it can, or it cannot tell)."""
+def keyword_refusal(fn: Callable[..., Any], names: Any, also: Any = ()) -> str | None:
+    """Why ``fn(params, x, **names)`` cannot be called, by its signature (None: it can, or it cannot tell).
+
+    ``also`` names the other keywords gdjax passes with them (the loss's hyperparameters, ``key``,
+    ``model_state``): the call is checked with all of them, and a refusal is blamed on ``names`` only
+    when ``also`` alone would be accepted, so the check of ``also`` reports its own.
+    """
     if not names:
         return None
+    together = _refusal(fn, [*names, *also])
+    if together is None:
+        return None
+    alone = _refusal(fn, names)
+    if alone is not None or not also:
+        return alone if alone is not None else together
+    return together if _refusal(fn, also) is None else None
+
+
+def _refusal(fn: Callable[..., Any], names: Any) -> str | None:
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins and odd callables: tracing tells

@@ -192,9 +192,9 @@ def metric_shapes(
             )
 
 
-def loss_keywords(loss_fn: Callable[..., Any], names: Any) -> None:
-    """Fail now if ``loss_fn`` cannot take the keywords of ``loss_hyperparams``."""
-    why = _validate.keyword_refusal(loss_fn, names)
+def loss_keywords(loss_fn: Callable[..., Any], names: Any, also: Any = ()) -> None:
+    """Fail now if ``loss_fn`` cannot take the keywords of ``loss_hyperparams`` (with ``also``: key, model_state)."""
+    why = _validate.keyword_refusal(loss_fn, names, also)
     if why is not None:
         raise TypeError(
             f"loss_hyperparams names {sorted(names)}, but loss_fn cannot take them as keywords ({why}). Define it as "

@@ -165,10 +165,15 @@ def _shapes(tree: PyTree) -> str:
     return text if len(text) < 400 else text[:400] + "..."
 
 
-def loss_keywords(loss_fn: Callable[..., Any], *, with_key: bool, stateful: bool) -> None:
-    """Fail now if the loss cannot take ``key=`` (``with_key``) or ``model_state=``."""
-    names = [n for n, on in (("key", with_key), ("model_state", stateful)) if on]
-    refusal = _validate.keyword_refusal(loss_fn, names)
+def model_keywords(*, with_key: bool, stateful: bool) -> list[str]:
+    """The keywords gdjax passes a loss besides its hyperparameters."""
+    return [n for n, on in (("key", with_key), ("model_state", stateful)) if on]
+
+
+def loss_keywords(loss_fn: Callable[..., Any], *, with_key: bool, stateful: bool, also: Any = ()) -> None:
+    """Fail now if the loss cannot take ``key=`` (``with_key``) or ``model_state=`` (and ``also``: its hyperparams)."""
+    names = model_keywords(with_key=with_key, stateful=stateful)
+    refusal = _validate.keyword_refusal(loss_fn, names, also)
     if refusal is not None:
         why = {"key": "with_key=True passes each step's PRNG key", "model_state": "model_state= passes the state"}
         raise TypeError(

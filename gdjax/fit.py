@@ -172,13 +172,14 @@ def fit(
     st = _validate_model.start(params, model_state, args.it.num_batches)
     total = _validate.check_steps(st.first + args.epochs, args.it.num_batches)
     with_key = _validate.check_flag(with_key, "with_key")
-    _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=st.init.model_state is not None)
+    stateful = st.init.model_state is not None
+    lhp = _validate_eval.loss_values(loss_hyperparams, allow_arrays=False)
+    _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=stateful, also=lhp)
     optimizer = _optimizer.with_total_steps(optimizer, total, hyperparams if isinstance(hyperparams, Mapping) else ())
     hp = _optimizer.hyperparameters(optimizer, learning_rate, hyperparams, allow_arrays=False)
     _optimizer.check_traceable(optimizer, st.init.params, hp)
     _validate_model.check_opt_state(lambda: _optimizer.build(optimizer, hp), st)
-    lhp = _validate_eval.loss_values(loss_hyperparams, allow_arrays=False)
-    _validate_eval.loss_keywords(loss_fn, lhp)
+    _validate_eval.loss_keywords(loss_fn, lhp, _validate_model.model_keywords(with_key=with_key, stateful=stateful))
     evaluation, eval_arrays = _validate_eval.evaluation(
         args.it,
         eval_data=eval_data,

@@ -176,10 +176,12 @@ def sweep(
     starts = _starts.Starts(params, init, table, args.key, model_state, args.it.num_batches)
     st = starts.start
     total = _validate.check_steps(st.first + args.epochs, args.it.num_batches)  # the schedules' total_steps
-    _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=st.init.model_state is not None)
+    stateful = st.init.model_state is not None
+    _validate_model.loss_keywords(loss_fn, with_key=with_key, stateful=stateful, also=table.loss_hyperparams)
     optimizer_fn = _optimizer.with_total_steps(optimizer_fn, total, table.hyperparams)
     _optimizer.check_keywords(optimizer_fn, table.hyperparams, learning_rate="learning_rates")
-    _validate_eval.loss_keywords(loss_fn, table.loss_hyperparams)
+    also = _validate_model.model_keywords(with_key=with_key, stateful=stateful)
+    _validate_eval.loss_keywords(loss_fn, table.loss_hyperparams, also)
     evaluation, eval_arrays = _validate_eval.evaluation(
         args.it,
         eval_data=eval_data,

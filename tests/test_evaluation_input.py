@@ -114,3 +114,22 @@ def test_zipped_loss_hyperparameters_must_match_the_learning_rates():
 def test_negative_loss_hyperparameters_are_allowed():
     res = _call("fit", loss=_ridge, loss_hyperparams={"l2": -0.01})
     assert res.loss_hyperparams == {"l2": -0.01}
+
+
+@pytest.mark.parametrize("kind", ["fit", "sweep"])
+def test_required_loss_hyperparameters_go_with_key_and_model_state(kind):
+    """A loss whose hyperparameter is required takes it with key= and model_state= (the checks bind all)."""
+
+    def loss(params, ex, *, scale, key, model_state):
+        assert key is None or key.shape == ()
+        return scale * jnp.sum((ex["x"] @ params["w"] - ex["y"]) ** 2), model_state
+
+    opts = {"loss_hyperparams": {"scale": 0.5}, "with_key": True, "model_state": {"n": jnp.zeros(())}}
+    res = _call(kind, loss=loss, **opts)
+    assert np.isfinite(np.asarray(res.final_loss)).all()
+
+    def missing(params, ex, *, key, model_state):  # no scale: still refused, naming loss_hyperparams
+        return jnp.sum(params["w"]), model_state
+
+    with pytest.raises(TypeError, match=r"loss_hyperparams names \['scale'\]"):
+        _call(kind, loss=missing, **opts)
