@@ -63,8 +63,8 @@ class FitResult:
         converged or diverged; counting from the start of the run it continues).
       first_epoch: the epoch it started at (0, or that of the state it continued).
       converged: the full-data loss reached ``tol``.
-      diverged: a step's loss was non-finite (the run went back to the last
-        parameters whose loss was finite), or at an epoch's end a parameter
+      diverged: a step's loss was non-finite (the run went back to its
+        parameters at the start of that window of at most 64 steps), or at an epoch's end a parameter
         or the full-data loss was (it went back to the epoch's start);
         training stopped at the end of that epoch.
       diverged_at: the rejected step, or None.
