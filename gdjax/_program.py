@@ -149,7 +149,8 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
     def window(carry: tuple, xs: tuple) -> tuple:
         """Plain steps, then one check: a run whose loss went non-finite in them goes back to their start."""
         state, diverged, diverged_at = carry
-        fast, (losses, aux) = jax.lax.scan(plain, state, xs, unroll=cfg.unroll)
+        scanned: tuple[TrainState, tuple[jax.Array, jax.Array]] = jax.lax.scan(plain, state, xs, unroll=cfg.unroll)
+        fast, (losses, aux) = scanned
         finite = jnp.isfinite(losses)
         newly = ~diverged & ~jnp.all(finite)
         first = jnp.argmin(finite)  # the first step whose loss was not finite
@@ -304,10 +305,9 @@ def _epoch(
     )
     # A stopped run stays as it was. The history buffers are left out of this select (it would read and write
     # them whole every epoch): their epoch's part was written only for an active run.
-    buffers = {name: getattr(new, name) for name in ("loss_sums", "aux_sums", "evals")}
-    none = dict.fromkeys(buffers)
-    kept = jax.tree.map(lambda a, b: jnp.where(active(run), a, b), new._replace(**none), run._replace(**none))
-    return kept._replace(**buffers)
+    bare = lambda r: r._replace(loss_sums=None, aux_sums=None, evals=None)  # noqa: E731
+    kept = jax.tree.map(lambda a, b: jnp.where(active(run), a, b), bare(new), bare(run))
+    return kept._replace(loss_sums=new.loss_sums, aux_sums=new.aux_sums, evals=new.evals)
 
 
 def _final(cfg: Config, it: DataIterator, shared: Inputs, run: RunState, member: _Member) -> RunState:
