@@ -4,7 +4,10 @@ from gdjax import checkpoint, models, problems
 from gdjax._caches import clear_caches
 from gdjax.data import Batch, DataIterator, IteratorState, full_batch, minibatch, stochastic
 from gdjax.fit import FitResult, fit
+from gdjax.noise_scale import NoiseScaleInfo, noise_scale
+from gdjax.sharpness import SharpnessInfo, sharpness
 from gdjax.step import TrainState, init, make_step, masked_mean
+from gdjax.study import StudyResult, study
 from gdjax.sweep import SweepResult, seed_keys, sweep
 
 __version__ = "0.1.0"
@@ -24,6 +27,9 @@ __all__ = [
     "DataIterator",
     "FitResult",
     "IteratorState",
+    "NoiseScaleInfo",
+    "SharpnessInfo",
+    "StudyResult",
     "SweepResult",
     "TrainState",
     "__version__",
@@ -36,9 +42,12 @@ __all__ = [
     "masked_mean",
     "minibatch",
     "models",
+    "noise_scale",
     "plot",
     "problems",
     "seed_keys",
+    "sharpness",
     "stochastic",
+    "study",
     "sweep",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import _shared
 import jax
@@ -10,6 +11,10 @@ import pytest
 from jax import monitoring
 
 import gdjax as gd
+
+# `gdjax` processes the tests start keep out of the user's persistent compilation cache (~/.cache/gdjax/jax);
+# a test of the cache names its own folder.
+os.environ["GDJAX_COMPILATION_CACHE"] = "off"
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = [0]

@@ -43,6 +43,13 @@ EXPECTED = {
         "(c) with eval data: eval_every=1 / eval_every=0",
         "gd ways agree",
     ],
+    "bench_study": [
+        "compile (a)",
+        "where (a)'s",
+        "study / sum of sweeps =",
+        "(target <= 1.20x",
+        "same steps to the target both ways: True",
+    ],
 }
 
 

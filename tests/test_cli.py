@@ -479,7 +479,7 @@ def test_no_command_is_one_error_line(capsys) -> None:
     assert cli.main([]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == "gdjax: error: a command is required: demo or sweep (see gdjax --help)\n"
+    assert captured.err == "gdjax: error: a command is required: demo, sweep or study (see gdjax --help)\n"
 
 
 GOOD = "a,b,y\n1,2,3\n4,5,6\n7,8,9\n"
@@ -784,7 +784,7 @@ def test_memory_limit_is_half_the_machine() -> None:
         (["sweep", "data.csv", "--target", "y", "--bogus"], "unrecognized arguments: --bogus (see gdjax sweep --help)"),
         (["sweep", "data.csv", "--target", "y", "--validation", "20%"], "--validation: invalid float value: '20%'"),
         (["demo", "--seed", "x"], "argument --seed: invalid int value: 'x' (see gdjax demo --help)"),
-        (["train"], "invalid choice: 'train' (choose from 'demo', 'sweep') (see gdjax --help)"),
+        (["train"], "invalid choice: 'train' (choose from 'demo', 'sweep', 'study') (see gdjax --help)"),
         (["--bogus"], "unrecognized arguments: --bogus (see gdjax --help)"),
     ],
     ids=[

@@ -92,3 +92,21 @@ def test_schedule_sweep():
         assert out[name]["best_val_accuracy"] > 0.9
     np.testing.assert_allclose(out["last_rate"], out["end_rate"], rtol=0.01)  # the schedule ends at its end value
     assert "peak 1" in out["direct_error"] and "learning_rate" in out["direct_error"]
+
+
+def test_choose_batch_size(tmp_path, capsys):
+    out = load_example("choose_batch_size").main(["--quick", "--synthetic", "--out", str(tmp_path)])
+    dig, lsq = out["digits"], out["synthetic"]
+    st = dig["study"]
+    assert st.sharpness == pytest.approx(dig["sharpness"], rel=1e-6) and dig["noise_scale"] > 0
+    assert st.reached.sum() >= 3 and st.recommended_batch_size in st.batch_sizes
+    assert dig["figure"].is_file() and lsq["figure"].is_file()
+    prob, study = lsq["problem"], lsq["study"]
+    assert lsq["sharpness"] == pytest.approx(prob.lipschitz, rel=1e-3)  # least squares: the sharpness is L
+    assert study.best_learning_rates[-1] < 2 / prob.lipschitz  # full-batch GD: stable only below 2/L
+    steps = [s for s in study.steps_to_target if s is not None]
+    assert len(steps) >= 3 and steps[-1] < steps[0]
+    simple, _ = lsq["exact"]["target"]
+    assert study.noise_scale_at_target == pytest.approx(simple, rel=1e-2)  # gd.noise_scale is B_simple
+    text = capsys.readouterr().out
+    assert "what to pick: batch size" in text and "exact at the target" in text

@@ -10,6 +10,10 @@
   is chosen by the loss on held-out rows (see :mod:`gdjax.cli._split`).
   The file is read in chunks into a memory-mapped data cache inside the
   output folder, once (see :mod:`gdjax.cli._csvcache`).
+* ``gdjax study DATA.csv --target COLUMN`` measures, for each batch size, the
+  best learning rate and the steps, examples and seconds to reach a target
+  loss (:func:`gdjax.study`), and writes ``study.csv``, ``summary.json`` and
+  ``study.png`` (see :mod:`gdjax.cli._study`).
 
 Any bad input (a missing or malformed file, an option out of range, an
 argument gdjax refuses, an output that cannot be written) ends the command
@@ -37,10 +41,11 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import NoReturn
 
-from gdjax.cli import csvdata
+from gdjax.cli import _compile_cache, csvdata
 from gdjax.cli._commands import demo, sweep
 from gdjax.cli._common import UsageError
 from gdjax.cli._parser import check_options, parse
+from gdjax.cli._study import study
 
 __all__ = ["entry", "main"]
 
@@ -93,6 +98,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         args = parse(argv)
         check_options(args)
+        if args.command == "study":
+            return study(args)
         return demo(args) if args.command == "demo" else sweep(args)
     except (UsageError, csvdata.CsvError) as exc:
         print("gdjax: error: " + " ".join(str(exc).split()), file=sys.stderr)
@@ -144,9 +151,15 @@ def entry() -> NoReturn:
     interpreter's teardown would run while XLA's threads (an interrupted
     compilation) are still alive, and could crash (SIGSEGV) instead of
     exiting with 130.
+
+    The process uses JAX's persistent compilation cache
+    (:mod:`gdjax.cli._compile_cache`; ``GDJAX_COMPILATION_CACHE=off``
+    turns it off); :func:`main` alone, called in a Python process, leaves
+    JAX's settings as they are.
     """
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_ctrl_c)
+    _compile_cache.enable()  # a later process on the same shapes reads XLA's output instead of compiling
     status = main()
     if status == 130:
         for stream in (sys.stdout, sys.stderr):

@@ -16,6 +16,7 @@ import optax
 
 import gdjax as gd
 from gdjax import __version__
+from gdjax.cli import _lr_range
 from gdjax.cli._common import check, gdjax_call, plural
 from gdjax.cli._files import SWEEP_FILES, json_ready, out_dir, write_error, write_results
 from gdjax.cli._limits import check_size
@@ -70,7 +71,6 @@ def summary_json(
             best["weights"] = dict(zip(info["features"], np.asarray(p["w"]).tolist(), strict=True))
             best["bias"] = np.asarray(p["b"]).tolist()  # a float, or one per class
     settings = {key: v for key, v in vars(args).items() if key != "command"}
-    py = platform.python_version()
     summary = {
         "best": best,
         "monitor": sw.monitor,
@@ -82,11 +82,19 @@ def summary_json(
         "wall_time_s": sw.wall_time,
         "compile_time_s": sw.compile_time,
         "settings": {**settings, **info},
-        "versions": {"gdjax": __version__, **{m.__name__: m.__version__ for m in (jax, optax, np)}, "python": py},
-        "jax_backend": jax.default_backend(),
+        **environment(),
         "devices": sw.devices,
     }
     return json_ready(summary)
+
+
+def environment() -> dict[str, Any]:
+    """summary.json's ``versions`` (gdjax, JAX, optax, NumPy, Python) and ``jax_backend``, for every command."""
+    py = platform.python_version()
+    return {
+        "versions": {"gdjax": __version__, **{m.__name__: m.__version__ for m in (jax, optax, np)}, "python": py},
+        "jax_backend": jax.default_backend(),
+    }
 
 
 def _hits(rate: float, rows: int) -> int:
@@ -150,8 +158,9 @@ def _header(
             f"validation: {held} of the {n} rows held out (--validation {args.validation:g}, drawn with --seed "
             f"{args.seed}), training on the other {kept}; the best learning rate is chosen by validation loss"
         )
+    lrs = "(range chosen below)" if args.lr_min is None else f"from {args.lr_min:g} to {args.lr_max:g}"
     lines.append(
-        f"{plural(args.num_lrs, 'learning rate')} from {args.lr_min:g} to {args.lr_max:g}, {args.optimizer}, "
+        f"{plural(args.num_lrs, 'learning rate')} {lrs}, {args.optimizer}, "
         f"batch size {batch} ({plural(steps, 'step')} per epoch), {plural(args.epochs, 'epoch')}"
     )
     return "\n".join(lines)
@@ -234,10 +243,15 @@ def sweep(args: argparse.Namespace) -> int:
     if data.validation is not None:
         evaluation.update(eval_data=data.validation, monitor="eval_loss", mode="min")
     key = jax.random.key(args.seed)
+    params = model.init(gd.seed_keys(key, 0)[0], num_features=d)  # every member starts from the same parameters
+    info["lr_range"] = _lr_range.choose(args, model.loss, params, it)
+    if info["lr_range"]["source"] != "given":
+        print(_lr_range.line(info["lr_range"]))
+        print()
     sw = gdjax_call(
         gd.sweep,
         model.loss,
-        model.init(gd.seed_keys(key, 0)[0], num_features=d),  # every member starts from the same parameters
+        params,
         OPTIMIZERS[args.optimizer],
         it,
         learning_rates=np.geomspace(args.lr_min, args.lr_max, args.num_lrs),

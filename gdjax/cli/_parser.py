@@ -16,7 +16,10 @@ from gdjax import __version__
 from gdjax.cli._common import UsageError, check
 from gdjax.cli._split import check_fraction
 
-OPTIMIZERS = {"sgd": optax.sgd, "momentum": functools.partial(optax.sgd, momentum=0.9), "adam": optax.adam}
+MOMENTUM = 0.9  # of --optimizer momentum
+OPTIMIZERS = {"sgd": optax.sgd, "momentum": functools.partial(optax.sgd, momentum=MOMENTUM), "adam": optax.adam}
+#: The learning rates of a sweep given one of --lr-min and --lr-max, or of adam given neither.
+LR_MIN, LR_MAX = 1e-4, 1.0
 MODELS = {"linear": "linear regression", "logistic": "logistic regression", "mlp": "MLP regression"}
 MAX_SEED = 2**32 - 1
 F32 = np.finfo(np.float32)
@@ -25,6 +28,16 @@ SWEEP_EPILOG = """\
 The final loss is the mean loss over the training rows (every row, without --validation) after the last epoch: \
 squared error / 2 for linear and mlp, log-loss for logistic (softmax cross-entropy with 3 classes or more). A member \
 whose loss or parameters become non-finite is stopped and marked diverged.
+
+Without --lr-min and --lr-max the learning rates are chosen from the sharpness: the largest eigenvalue of the \
+Hessian of the training loss at the initial parameters (gd.sharpness, by power iteration on the training rows). \
+Gradient descent with step size lr on a quadratic with that curvature is stable only below lr = 2/sharpness \
+(2(1+m)/sharpness with momentum m = 0.9, heavy-ball momentum's limit), so the rates run from 1e-3 to 2 times that \
+limit, log-spaced: three decades below the edge and past it, where the members diverge. The chosen range, the \
+sharpness and the limit are printed and written to summary.json ("lr_range" in "settings"). For adam the fixed \
+range 1e-4 to 1 is kept: its steps are scaled per parameter by the gradients' size, so the sharpness does not bound \
+them. Given only one of the two options, the other keeps its fixed value (--lr-min 1e-4, --lr-max 1); the fixed \
+range is also used when the loss is not finite at the initial parameters or has no positive curvature.
 
 With --model logistic the target holds class labels, whole numbers: the distinct labels, sorted, are the classes \
 0, 1, 2, ... (summary.json lists them as "classes"). Two give logistic regression, predicting the probability of \
@@ -45,6 +58,11 @@ The CSV file is read a chunk of rows at a time, never whole, into the data cache
 (their arrays are kept beside). A later sweep with the same --out reuses the cache without reading the file, as long \
 as the file is unchanged (same path, size and modification time) and --target and the model kind (logistic or not) \
 are the same; otherwise it is rebuilt. Delete the folder to free the space.
+
+The compiled programs are kept in JAX's persistent compilation cache, $XDG_CACHE_HOME/gdjax/jax or \
+~/.cache/gdjax/jax (a folder set by JAX_COMPILATION_CACHE_DIR is used instead), so a later run on data of the same \
+shapes skips XLA's compilation. GDJAX_COMPILATION_CACHE=DIR keeps them in DIR; GDJAX_COMPILATION_CACHE=off turns \
+the cache off.
 
 examples:
   gdjax sweep data.csv --target y
@@ -107,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gdjax",
         description="Gradient descent in JAX: whole training runs compiled, many learning rates at once.",
-        epilog="examples:\n  gdjax demo\n  gdjax sweep data.csv --target y\n  gdjax sweep --help",
+        epilog=(
+            "examples:\n  gdjax demo\n  gdjax sweep data.csv --target y\n  gdjax study data.csv --target y\n"
+            "  gdjax sweep --help"
+        ),
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"gdjax {__version__}")
@@ -142,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--model", choices=list(MODELS), default="linear", help=models_help)
     sw.add_argument("--hidden", type=int, default=32, metavar="N", help="hidden units of the mlp")
-    sw.add_argument("--lr-min", type=float, default=1e-4, metavar="X", help="smallest learning rate")
-    sw.add_argument("--lr-max", type=float, default=1.0, metavar="X", help="largest learning rate")
+    auto = "default: chosen from the sharpness at the initial parameters, see below; 1e-4 to 1 for adam"
+    sw.add_argument("--lr-min", type=float, metavar="X", help=f"smallest learning rate ({auto})")
+    sw.add_argument("--lr-max", type=float, metavar="X", help=f"largest learning rate ({auto})")
     sw.add_argument("--num-lrs", type=int, default=32, metavar="N", help="learning rates, log-spaced from min to max")
     sw.add_argument(
         "--batch-size",
@@ -169,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         "best learning rate by the loss on them (default: no split; the best is the lowest training loss)",
     )
     _add_common(sw, "gdjax-sweep", "seed of the validation split, the data order and the mlp's initial weights")
+
+    from gdjax.cli._study import add_parser as add_study  # its options, help and examples live beside the command
+
+    add_study(sub, _Formatter, _add_common, models_help, optimizers_help)
     return parser
 
 
@@ -180,7 +206,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         prog = f"gdjax {args.command}" if args.command else "gdjax"
         raise UsageError(f"unrecognized arguments: {' '.join(extras)} (see {prog} --help)")
     if args.command is None:
-        raise UsageError("a command is required: demo or sweep (see gdjax --help)")
+        raise UsageError("a command is required: demo, sweep or study (see gdjax --help)")
     return args
 
 
@@ -194,8 +220,17 @@ def check_options(args: argparse.Namespace) -> None:
     check(args.hidden >= 1, f"--hidden must be at least 1; got {args.hidden}.")
     if args.validation is not None:
         check_fraction(args.validation)
+    if args.lr_min is None and args.lr_max is None:
+        return  # chosen from the sharpness once the data is read (gdjax.cli._lr_range)
+    args.lr_min = LR_MIN if args.lr_min is None else args.lr_min
+    args.lr_max = LR_MAX if args.lr_max is None else args.lr_max
+    check_learning_rates(args.lr_min, args.lr_max)
+
+
+def check_learning_rates(lr_min: float, lr_max: float, flags: tuple[str, str] = ("--lr-min", "--lr-max")) -> None:
+    """The sweep's range: positive float32 numbers, ``lr_min < lr_max`` also in float32 (``flags`` name them)."""
     tiny, huge = float(F32.tiny), float(F32.max)
-    for flag, value in (("--lr-min", args.lr_min), ("--lr-max", args.lr_max)):
+    for flag, value in zip(flags, (lr_min, lr_max), strict=True):
         check(math.isfinite(value) and value > 0, f"{flag} must be a positive number; got {value:g}.")
         with np.errstate(over="ignore", under="ignore"):
             single = float(np.float32(value))  # what training uses: 3.4028235e38 is above F32.max yet becomes it
@@ -204,9 +239,10 @@ def check_options(args: argparse.Namespace) -> None:
             f"{flag} {value:g} cannot be a float32 learning rate (the sweep trains in float32); "
             f"use a value between {tiny:.4g} and {huge:.4g}.",
         )
-    check(args.lr_min < args.lr_max, f"--lr-min ({args.lr_min:g}) must be smaller than --lr-max ({args.lr_max:g}).")
+    low, high = flags
+    check(lr_min < lr_max, f"{low} ({lr_min:g}) must be smaller than {high} ({lr_max:g}).")
     check(
-        bool(np.float32(args.lr_min) < np.float32(args.lr_max)),
-        f"--lr-min ({args.lr_min:.10g}) and --lr-max ({args.lr_max:.10g}) are the same number in float32, the "
+        bool(np.float32(lr_min) < np.float32(lr_max)),
+        f"{low} ({lr_min:.10g}) and {high} ({lr_max:.10g}) are the same number in float32, the "
         "precision the sweep trains in; widen the range.",
     )

@@ -18,11 +18,15 @@ with ``gd.plot.save(ax, "cost.png")`` (or ``ax.figure.savefig``).
   members and the best one marked; :func:`curves`: every member's curve
   coloured by its learning rate; :func:`heatmap`: that value over a
   two-hyperparameter grid (optimizer or loss hyperparameters).
+* :func:`study`: a batch-size study's steps and examples to the target and
+  best learning rate against batch size, the noise scale and the fitted
+  critical batch size marked.
 """
 
 from gdjax.plot._base import moving_average, save
 from gdjax.plot.history import history
 from gdjax.plot.runs import compare, losses
+from gdjax.plot.study import study
 from gdjax.plot.sweeps import curves, heatmap, sweep
 
-__all__ = ["compare", "curves", "heatmap", "history", "losses", "moving_average", "save", "sweep"]
+__all__ = ["compare", "curves", "heatmap", "history", "losses", "moving_average", "save", "study", "sweep"]
