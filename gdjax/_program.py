@@ -143,6 +143,8 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
         b_mask = b_mask if it.padded else jnp.ones_like(b_mask)
         batch = it.gather(b_data, b_mask) if it.on_device else Batch(b_data, b_mask)
         new, metrics = step(state, batch, loss_key)
+        if not cfg.with_key:  # only the keys read the step count: count the window's steps once, at its end
+            new = new._replace(step=state.step)
         aux = _evaluation.flatten_aux(metrics.get("aux"), cfg.loss_dtype)
         return new, (metrics["loss"].astype(cfg.loss_dtype), aux)
 
@@ -151,6 +153,7 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
         state, diverged, diverged_at = carry
         scanned: tuple[TrainState, tuple[jax.Array, jax.Array]] = jax.lax.scan(plain, state, xs, unroll=cfg.unroll)
         fast, (losses, aux) = scanned
+        fast = fast if cfg.with_key else fast._replace(step=fast.step + losses.shape[0])
         finite = jnp.isfinite(losses)
         newly = ~diverged & ~jnp.all(finite)
         first = jnp.argmin(finite)  # the first step whose loss was not finite
