@@ -112,7 +112,9 @@ def sharpness(
     (drawn from ``key``); the estimate is the Rayleigh quotient
     ``lambda = v . H v``. It stops once the estimated relative error of
     ``lambda`` is at most ``tol`` for two products in a row, or after
-    ``max_iters`` products, with a warning. The error estimate is the smaller
+    ``max_iters`` products, with a warning (the relative residual must also
+    be at most ``sqrt(tol)``, so a start vector still mixed between
+    eigenvectors is not taken for converged). The error estimate is the smaller
     of the relative residual ``|H v - lambda v| / |lambda|`` (an eigenvalue
     of ``H`` lies within it) and Aitken's extrapolation of the geometric
     convergence, ``change * q / (1 - q)`` with ``q`` the ratio of the last
@@ -225,9 +227,18 @@ def sharpness(
         which = "the second power iteration (on H - lambda_neg I)" if second else "power iteration"
         warnings.warn(
             f"gd.sharpness: {which} reached max_iters={max_iters} before tol={tol:g}: the estimate changed by "
-            f"{info.change:.3g} (relative) in the last iteration and its estimated relative error is "
-            f"{info.error:.3g}, so the value {value:.6g} may be off by about that share. Pass a larger max_iters "
-            f"(or a larger tol).",
+            f"{info.change:.3g} (relative) in the last iteration (estimated error {info.error:.3g}), and the "
+            f"vector is not yet an eigenvector (its residual is above sqrt(tol)), so the value {value:.6g} may be "
+            f"off. Pass a larger max_iters (or a larger tol); two top eigenvalues of equal size and opposite "
+            f"signs never converge.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if value <= 0:
+        warnings.warn(
+            f"gd.sharpness: the Hessian has no positive eigenvalue at these params (the largest is {value:.3g}): "
+            f"the loss is flat or concave here, or not twice differentiable (a ReLU kink, jnp.abs at 0, whose "
+            f"second derivative JAX takes as 0), so 2/sharpness gives no step size. Measure at other params.",
             UserWarning,
             stacklevel=2,
         )
@@ -337,8 +348,12 @@ def _power(
         lam = jnp.vdot(s.v, w)
         scale = jnp.maximum(jnp.abs(lam), jnp.abs(s.shift))
         scale = jnp.where(scale > 0, scale, 1)
-        change, error = _error(lam, s, jnp.linalg.norm(w - lam * s.v) / scale, scale)
-        streak = jnp.where(error <= tol, s.streak + 1, 0)
+        residual = jnp.linalg.norm(w - lam * s.v) / scale
+        change, error = _error(lam, s, residual, scale)
+        # The extrapolation is trusted only once v is near an eigenvector: the eigenvalue's error is about the
+        # residual squared over the gap, so a residual above sqrt(tol) means v is still a mixture (two
+        # eigenvalues of equal magnitude and opposite signs keep lambda constant, and its change at zero).
+        streak = jnp.where((error <= tol) & (residual <= jnp.sqrt(tol)), s.streak + 1, 0)
         products = s.products + 1
         converged = streak >= STREAK
         ended = converged | (products >= max_iters)

@@ -75,6 +75,27 @@ def test_a_negative_dominant_eigenvalue_gives_the_largest_one() -> None:
     assert info.value == pytest.approx(2.0, rel=1e-4)
 
 
+def test_eigenvalues_of_equal_size_and_opposite_signs_are_not_taken_for_converged() -> None:
+    """H = diag(2, -2): the Rayleigh quotient of a mixed vector stays put, its change is 0: that is not convergence."""
+
+    def loss(params, example):
+        w = params["w"]
+        return w[0] ** 2 - w[1] ** 2 + 0.0 * jnp.sum(example)
+
+    with pytest.warns(UserWarning, match="not yet an eigenvector"):
+        info = gd.sharpness(loss, {"w": jnp.zeros(3)}, np.zeros((4, 1), np.float32), max_iters=50, return_info=True)
+    assert not info.converged
+
+
+def test_no_positive_curvature_warns() -> None:
+    def loss(params, example):  # jnp.abs at 0: JAX's second derivative is 0 everywhere
+        return jnp.sum(jnp.abs(params["w"])) + 0.0 * jnp.sum(example)
+
+    with pytest.warns(UserWarning, match="no positive eigenvalue"):
+        value = gd.sharpness(loss, {"w": jnp.zeros(3)}, np.zeros((4, 1), np.float32), max_iters=20)
+    assert value <= 0
+
+
 def test_model_state_and_loss_hyperparams_are_passed() -> None:
     prob = _problem(dtype=np.float32)
 

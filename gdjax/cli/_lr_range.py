@@ -4,7 +4,8 @@ Constant-step gradient descent on a quadratic whose Hessian has largest
 eigenvalue ``lam`` (the sharpness) is stable only for ``lr < 2 / lam``; with
 heavy-ball momentum ``m`` (optax's ``sgd(momentum=m)``) only for
 ``lr < 2 (1 + m) / lam``. Without ``--lr-min`` and ``--lr-max`` the sweep
-runs from :data:`LOW` to :data:`HIGH` times that limit, with ``lam``
+runs from :data:`LOW` to :data:`HIGH` times that limit (:data:`HIGH_LOGISTIC` for
+``--model logistic``), with ``lam``
 measured by :func:`gdjax.sharpness` on the training rows at the initial
 parameters: three decades of stable rates and, past the edge, rates that
 diverge, so the best one is inside the range. Adam's steps are divided by the
@@ -25,10 +26,13 @@ from gdjax._types import PyTree
 from gdjax.cli._common import UsageError
 from gdjax.cli._parser import LR_MAX, LR_MIN, MOMENTUM, check_learning_rates
 
-#: The range is ``[LOW, HIGH]`` times the stability limit.
-LOW, HIGH = 1e-3, 2.0
-#: The sharpness needs only a few digits to place a log-spaced range.
-TOL, MAX_ITERS = 1e-3, 300
+#: The range is ``[LOW, HIGH]`` times the stability limit; ``HIGH_LOGISTIC`` for logistic and softmax
+#: regression, whose curvature is largest at the start (predictions all equal) and only falls as they learn, so
+#: their best rates lie well past the start's limit (measured on digits: up to 5x it for the full batch).
+LOW, HIGH, HIGH_LOGISTIC = 1e-3, 2.0, 30.0
+#: The sharpness to gd.sharpness's own default accuracy, so the value printed is the one gd.sharpness (and
+#: gdjax study's diagnostics) give; a value not converged in MAX_ITERS still places a log-spaced range.
+TOL, MAX_ITERS = 1e-5, 300
 FLAGS = "pass --lr-min/--lr-max to set them"
 
 
@@ -54,7 +58,7 @@ def choose(args: argparse.Namespace, loss_fn: Callable[..., Any], params: PyTree
     factor = 2 * (1 + MOMENTUM) if args.optimizer == "momentum" else 2
     limit = factor / lam
     rule = "2(1+0.9)/sharpness" if args.optimizer == "momentum" else "2/sharpness"
-    args.lr_min, args.lr_max = LOW * limit, HIGH * limit
+    args.lr_min, args.lr_max = LOW * limit, (HIGH_LOGISTIC if args.model == "logistic" else HIGH) * limit
     try:
         check_learning_rates(args.lr_min, args.lr_max, ("the smallest learning rate", "the largest"))
     except UsageError as exc:

@@ -33,7 +33,8 @@ Without --lr-min and --lr-max the learning rates are chosen from the sharpness: 
 Hessian of the training loss at the initial parameters (gd.sharpness, by power iteration on the training rows). \
 Gradient descent with step size lr on a quadratic with that curvature is stable only below lr = 2/sharpness \
 (2(1+m)/sharpness with momentum m = 0.9, heavy-ball momentum's limit), so the rates run from 1e-3 to 2 times that \
-limit, log-spaced: three decades below the edge and past it, where the members diverge. The chosen range, the \
+limit, log-spaced: three decades below the edge and past it, where the members diverge (to 30 times it with --model \
+logistic, whose curvature is largest at the start and falls as it learns). The chosen range, the \
 sharpness and the limit are printed and written to summary.json ("lr_range" in "settings"). For adam the fixed \
 range 1e-4 to 1 is kept: its steps are scaled per parameter by the gradients' size, so the sharpness does not bound \
 them. Given only one of the two options, the other keeps its fixed value (--lr-min 1e-4, --lr-max 1); the fixed \
