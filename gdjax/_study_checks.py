@@ -12,6 +12,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from gdjax import _plan, _sources, _validate
@@ -56,18 +57,35 @@ def check_batch_sizes(batch_sizes: Any) -> list[int] | None:
     return sorted(sizes)
 
 
-def check_target(target: Any) -> float:
-    """The target loss: a finite number >= 0."""
+def check_target(target: Any, name: str = "target") -> float:
+    """The target loss: a finite number >= 0 that the loss's dtype can hold (float32 unless x64 is enabled).
+
+    ``name`` is the argument named in the errors (``gdjax study`` passes ``"--target-loss"``).
+
+    Example:
+      >>> check_target(0.25)
+      0.25
+      >>> check_target(1e40)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ValueError: target is 1e+40, beyond the largest float32 (3.403e+38), the dtype of the loss; ...
+    """
     if isinstance(target, bool) or not isinstance(target, numbers.Real):
         raise TypeError(
-            f"target must be a number, the full-data loss to reach (such as target=0.2); got "
+            f"{name} must be a number, the full-data loss to reach (such as {name}=0.2); got "
             f"{type(target).__name__} {target!r}."
         )
     value = float(target)
     if not math.isfinite(value) or value < 0:
         raise ValueError(
-            f"target must be a finite number >= 0, the full-data loss to reach; got {target}. Pick a loss the "
+            f"{name} must be a finite number >= 0, the full-data loss to reach; got {target}. Pick a loss the "
             "runs can reach in several epochs, below the initial loss and above the best loss possible."
+        )
+    dtype = np.dtype(jnp.result_type(float))  # the dtype of the loss the runs compare with the target
+    largest = float(np.finfo(dtype).max)
+    if value > largest:
+        raise ValueError(
+            f"{name} is {value:g}, beyond the largest {dtype} ({largest:.4g}), the dtype of the loss; pick a loss "
+            "below the initial loss that the runs can reach in several epochs."
         )
     return value
 

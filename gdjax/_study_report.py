@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from gdjax.study import StudyResult
 
-__all__ = ["edge", "notes", "rows", "summary"]
+__all__ = ["COMMAND_LINE", "PYTHON", "Wording", "edge", "notes", "plural", "rows", "summary"]
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 step"``, ``"2 steps"`` (as ``gdjax.cli._common.plural``, which the library does not import).
+
+    Example:
+      >>> plural(1, "step"), plural(2, "batch size")
+      ('1 step', '2 batch sizes')
+    """
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _sizes(sizes: list[int]) -> str:
+    """``"batch size 4"`` or ``"batch sizes 4, 16"``."""
+    return ("batch size " if len(sizes) == 1 else "batch sizes ") + ", ".join(map(str, sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class Wording:
+    """How the notes name what to change: the Python arguments (the default) or the command's options.
+
+    ``gdjax study`` passes :data:`COMMAND_LINE`: its notes say ``--lr-max``, not ``learning_rates``.
+    """
+
+    widen_up: str = "widen learning_rates upward"
+    widen_down: str = "widen learning_rates downward"
+    raise_epochs: str = "raise epochs or the target"
+
+
+#: The notes of ``st.summary()``: the arguments of :func:`gdjax.study`.
+PYTHON = Wording()
+#: The notes of ``gdjax study``: its options, as ``gdjax sweep`` names them.
+COMMAND_LINE = Wording(
+    widen_up="widen the range with --lr-max",
+    widen_down="widen the range with --lr-min",
+    raise_epochs="raise --epochs or --target-loss",
+)
 
 
 def edge(st: StudyResult, i: int) -> str | None:
@@ -84,50 +124,67 @@ def _diagnostics(st: StudyResult) -> list[str]:
         lines.append(text)
     if st.critical_batch_size is not None and st.min_steps is not None and st.min_examples is not None:
         lines.append(
-            f"critical batch size {st.critical_batch_size:.4g} (McCandlish's model fitted to {int(st.reached.sum())} "
-            f"batch sizes: S_min {st.min_steps:.4g} steps, E_min {st.min_examples:.4g} examples)"
+            f"critical batch size {st.critical_batch_size:.4g} (McCandlish's model fitted to "
+            f"{plural(int(st.reached.sum()), 'batch size')}: S_min {st.min_steps:.4g} steps, E_min "
+            f"{st.min_examples:.4g} examples)"
         )
     else:
         lines.append("critical batch size: not fitted (needs 3 batch sizes that reach the target, and a trade-off)")
     return lines
 
 
-def notes(st: StudyResult) -> list[str]:
-    """Warnings about the measurement: coarse resolution, learning rates at the grid's edge, a target never reached."""
+def notes(st: StudyResult, wording: Wording = PYTHON) -> list[str]:
+    """Warnings about the measurement: coarse resolution, learning rates at the grid's edge, a target never reached.
+
+    ``wording`` names what to change (:data:`COMMAND_LINE` for ``gdjax study``).
+    """
     out = []
     if not st.reached.any():
         out.append(
-            f"no batch size reached the target {st.target:.6g} within {st.epochs} epochs: raise epochs or the target "
-            "(best final losses are shown)"
+            f"no batch size reached the target {st.target:.6g} within {plural(st.epochs, 'epoch')}: "
+            f"{wording.raise_epochs} (best final losses are shown)"
         )
     if st.target >= st.initial_loss:
         out.append(f"the target {st.target:.6g} is at or above the initial loss {st.initial_loss:.6g}: lower it")
     first = [b for b, e in zip(st.batch_sizes, st.epochs_to_target, strict=True) if e is not None and e <= 2]
     if first:
         out.append(
-            f"batch sizes {', '.join(map(str, first))} reached the target within 1 or 2 epochs; the resolution is one "
-            "epoch (the loss is measured after each), so their steps and examples are rough upper bounds: a lower "
-            "target separates them"
+            f"{_sizes(first)} reached the target within 1 or 2 epochs; the resolution is one epoch (the loss is "
+            f"measured after each), so {'its' if len(first) == 1 else 'their'} steps and examples are rough upper "
+            "bounds: a lower target separates them"
         )
     for name, message in st.measure_errors.items():
         out.append(f"{name} could not be measured: {message}")
-    for end, fix in (("largest", "upward"), ("smallest", "downward")):
+    for end, fix in (("largest", wording.widen_up), ("smallest", wording.widen_down)):
         at = [b for i, b in enumerate(st.batch_sizes) if edge(st, i) == end]
         if at:
-            out.append(
-                f"the best learning rate is the {end} tried at batch sizes {', '.join(map(str, at))}: widen "
-                f"learning_rates {fix}"
-            )
+            out.append(f"the best learning rate is the {end} tried at {_sizes(at)}: {fix}")
     return out
 
 
-def summary(st: StudyResult) -> str:
-    """The table (``*``: the recommended batch size), the diagnostics, the recommendation and the notes."""
+def summary(st: StudyResult, wording: Wording = PYTHON, trial: Mapping[str, float] | None = None) -> str:
+    """The table (``*``: the recommended batch size), the diagnostics, the recommendation and the notes.
+
+    ``wording``: how the notes name what to change (:data:`COMMAND_LINE` for ``gdjax study``). ``trial``: the
+    ``wall_time`` and ``compile_time`` of a sweep run at the largest batch size before the study, to choose its
+    target (``gdjax study`` without ``--target-loss``). Its run time is added to the sweeps' run time here; its
+    compile time the caller has already counted in the largest batch size's ``compile_times`` (it compiled the
+    program the study then reused) and its seconds in ``total_time``. Both are named beside the totals.
+    """
     n, k, m = st.num_examples, len(st.batch_sizes), len(st.learning_rates)
+    run, compiled = sum(st.wall_times), sum(st.compile_times)
+    extra = ""
+    if trial is not None:
+        run += trial["wall_time"]
+        extra = (
+            f", the trial sweep that chose the target included ({trial['wall_time']:.3f} s run + "
+            f"{trial['compile_time']:.2f} s compile, at batch size {st.batch_sizes[-1]}, whose program the study "
+            "reused)"
+        )
     lines = [
-        f"study of {k} batch sizes x {m} learning rates on {n} examples: target loss {st.target:.6g} "
-        f"(initial {st.initial_loss:.6g}), at most {st.epochs} epochs",
-        f"sweeps: {sum(st.wall_times):.3f} s run + {sum(st.compile_times):.2f} s compile"
+        f"study of {plural(k, 'batch size')} x {plural(m, 'learning rate')} on {plural(n, 'example')}: target loss "
+        f"{st.target:.6g} (initial {st.initial_loss:.6g}), at most {plural(st.epochs, 'epoch')}",
+        f"sweeps: {run:.3f} s run + {compiled:.2f} s compile{extra}"
         + (f"; diagnostics {sum(st.measure_times.values()):.2f} s" if st.measure_times else "")
         + f"; whole study {st.total_time:.2f} s",
         *_table(st),
@@ -137,9 +194,11 @@ def summary(st: StudyResult) -> str:
     ]
     i = st.recommended_index
     if i is not None:
+        steps, examples = st.steps_to_target[i], st.examples_to_target[i]
+        assert steps is not None and examples is not None
         lines.append(
             f"pick: batch size {st.batch_sizes[i]} with learning rate {st.best_learning_rates[i]:.4g} (the knee of the "
-            f"trade-off, least steps x examples: {st.steps_to_target[i]} steps, {st.examples_to_target[i]} examples)"
+            f"trade-off, least steps x examples: {plural(steps, 'step')}, {plural(examples, 'example')})"
         )
-    lines += [f"note: {text}" for text in notes(st)]
+    lines += [f"note: {text}" for text in notes(st, wording)]
     return "\n".join(lines)

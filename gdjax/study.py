@@ -36,6 +36,7 @@ import optax
 from gdjax import _optimizer, _study_checks, _validate
 from gdjax._study_fit import read, tradeoff
 from gdjax._study_measure import measure, whole
+from gdjax._study_report import plural
 from gdjax._types import PyTree
 from gdjax.data import DataIterator
 from gdjax.results import SweepResult
@@ -227,7 +228,8 @@ def study(
       batch_sizes: integers in ``[1, N]``, distinct (studied in increasing
         order); None: the powers of two up to ``N``, and ``N``.
       learning_rates: 1-D array of positive learning rates, tried at every batch size.
-      target: the full-data loss to reach (a finite number >= 0).
+      target: the full-data loss to reach (a finite number >= 0 that the loss's dtype holds: at most about
+        3.4e38 in float32).
       epochs: the most epochs each batch size's runs may take.
       key: PRNG key of the data order (the same for every batch size).
       hyperparams: fixed optimizer keywords (one number each), as for :func:`gdjax.sweep`.
@@ -271,8 +273,9 @@ def study(
     sweeps = []
     for i, it in enumerate(its):
         if progress:
+            steps = plural(it.num_batches, "step")
             print(
-                f"study: batch size {it.batch_size} ({i + 1} of {len(its)}), {it.num_batches} steps per epoch",
+                f"study: batch size {it.batch_size} ({i + 1} of {len(its)}), {steps} per epoch",
                 file=sys.stderr,
                 flush=True,
             )

@@ -74,6 +74,19 @@ def test_study_writes_what_gd_study_measures(data_csv: Path, tmp_path: Path, sha
     assert target["source"] == "auto" and target["pilot_epoch"] == 12
     assert summary["versions"]["gdjax"] == gd.__version__ and summary["jax_backend"]
     assert [r["compile_time"] for r in summary["batch_sizes"]] == [float(r["compile_time"]) for r in rows]
+    # the trial sweep that chose the target compiled the program the study ran at 128 (which read 0 s): its compile
+    # time is counted there, its run time and seconds in the totals
+    trial = target["trial_sweep"]
+    assert trial["batch_size"] == 128 and trial["wall_time_s"] > 0 and trial["compile_time_s"] >= 0
+    assert trial["total_time_s"] >= trial["wall_time_s"] + trial["compile_time_s"]
+    assert float(rows[-1]["compile_time"]) == pytest.approx(trial["compile_time_s"])
+    run = sum(float(r["wall_time"]) for r in rows)
+    assert summary["compile_time_s"] == pytest.approx(sum(float(r["compile_time"]) for r in rows))
+    assert summary["wall_time_s"] == pytest.approx(run + trial["wall_time_s"])
+    assert summary["total_time_s"] >= trial["total_time_s"] + run
+    (line,) = [line for line in printed.splitlines() if line.startswith("sweeps: ")]
+    assert f"{summary['wall_time_s']:.3f} s run + {summary['compile_time_s']:.2f} s compile" in line
+    assert "the trial sweep that chose the target included" in line and "whole study" in line
 
     # the same study in-process, on the command's data cache (the float32 rows it trained on)
     cache = out / "data-cache"
@@ -106,7 +119,7 @@ def test_study_writes_what_gd_study_measures(data_csv: Path, tmp_path: Path, sha
     again = ["study", str(data_csv), "--target", "y", *ARGS, "--out", str(out), "--target-loss", "0.5"]
     assert cli.main([*again, "--lr-min", "0.01", "--lr-max", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["target_loss"] == {"value": 0.5, "source": "given", "reason": "--target-loss"}
+    assert summary["target_loss"] == {"value": 0.5, "source": "given", "reason": "--target-loss"}  # no trial sweep
     assert summary["settings"]["lr_range"]["source"] == "given"
     assert "target loss: 0.5 (--target-loss)" in capsys.readouterr().out
 
@@ -138,6 +151,7 @@ BAD = [
     (["--target", "y", "--batch-sizes", "4,500"], f"--batch-sizes 500 is larger than the {ROWS} rows of"),
     (["--target", "y", "--target-loss", "-1"], "--target-loss must be a finite number >= 0"),
     (["--target", "y", "--target-loss", "nan"], "--target-loss must be a finite number >= 0"),
+    (["--target", "y", "--target-loss", "1e40"], "--target-loss is 1e+40, beyond the largest float32 (3.403e+38)"),
     (["--target", "y", "--epochs", "0"], "--epochs must be at least 1; got 0"),
     (["--target", "y", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min (1) must be smaller than --lr-max (0.1)"),
     (["--target", "y", "--batch-sizes", "1", "--epochs", "20000000"], "gdjax counts steps in 32-bit integers"),
@@ -156,3 +170,47 @@ def test_bad_input_is_one_error_line_before_training(
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("gdjax: error: "), captured.err
     assert message in lines[0], lines[0]
+
+
+def test_counts_of_one_are_singular_in_the_header(data_csv: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(gd, "sharpness", _refuse)
+    argv = ["study", str(data_csv), "--target", "y", "--batch-sizes", "128", "--epochs", "1", "--num-lrs", "1"]
+    with pytest.raises(TrainedError):
+        cli.main([*argv, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert "\nbatch size 128; 1 learning rate each, sgd, at most 1 epoch\n" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # trains three batch sizes (the programs of the test above, if it ran first in this process)
+def test_an_unreachable_target_still_draws_the_figure_and_the_notes_name_options(
+    data_csv: Path, tmp_path: Path, shared_model, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "out"
+    argv = ["study", str(data_csv), "--target", "y", *ARGS, "--out", str(out), "--target-loss", "1e-6"]
+    argv += ["--lr-min", "1e-4", "--lr-max", "1e-3"]  # too small: the best rate is the largest at every batch size
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "", captured.err  # no traceback
+    printed = captured.out
+    assert "note: no batch size reached the target 1e-06 within 16 epochs: raise --epochs or --target-loss" in printed
+    edge = "note: the best learning rate is the largest tried at batch sizes 8, 32, 128: widen the range with --lr-max"
+    assert edge in printed
+    assert "learning_rates" not in printed and "pick: " not in printed
+    assert f"wrote {out / 'study.png'}" in printed
+    assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recommended"] is None and not any(r["reached"] for r in summary["batch_sizes"])
+    assert [r["best_lr_at_edge"] for r in summary["batch_sizes"]] == ["largest"] * 3
+
+    # a figure that cannot be drawn: one error line and exit status 1, the numbers written
+    def fail(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(gd.plot, "study", fail)
+    (out / "study.png").unlink()
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"gdjax: error: could not draw {out / 'study.png'} (RuntimeError: drawing failed); the results are in "
+        f"{out / 'study.csv'} and {out / 'summary.json'}."
+    ]
+    assert f"wrote {out / 'summary.json'}" in captured.out and not (out / "study.png").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import gdjax as gd
@@ -128,3 +129,153 @@ def test_far_off_markers_are_named_not_drawn_and_given_axes_are_used():
     assert axes[0].get_xlim()[1] < 400
     with pytest.raises(ValueError, match="three panels; ax has 2 axes"):
         gd.plot.study(_result(), ax=given[:2])
+
+
+def _nothing_reached(**kw) -> gd.StudyResult:
+    none = [None] * len(SIZES)
+    return _result(
+        steps_to_target=none,
+        examples_to_target=none,
+        epochs_to_target=none,
+        seconds_to_target=none,
+        epochs_run=[50] * len(SIZES),
+        noise_scale_at_target=None,
+        noise_scale_batch_size=None,
+        critical_batch_size=None,
+        min_steps=None,
+        min_examples=None,
+        **kw,
+    )
+
+
+def _texts(ax) -> str:
+    return "\n".join(t.get_text() for t in ax.texts)
+
+
+def test_nothing_reached_draws_open_markers_and_a_note(tmp_path):
+    st = _nothing_reached()
+    axes = gd.plot.study(st)
+    gd.plot.save(axes, tmp_path / "study.png")  # a log scale with nothing on it could not be drawn
+    assert mpimg.imread(tmp_path / "study.png").shape[1] > 1200
+    for ax in axes[:2]:
+        (open_,) = _lines(ax, "not reached in 50 epochs")
+        assert list(open_.get_xdata()) == [float(b) for b in SIZES] and open_.get_markerfacecolor() == "none"
+        assert not [line for line in ax.get_lines() if str(line.get_label()).endswith("to the target")]
+        assert "no batch size reached the target 0.2\nin 50 epochs" in _texts(ax)
+        assert ax.get_yscale() == "linear" and "log scale" not in ax.get_ylabel()
+        assert not _lines(ax, "pick")
+    assert axes[2].get_yscale() == "log"
+    (lrs,) = _lines(axes[2], "not reached: lowest final loss")
+    assert len(lrs.get_xdata()) == len(SIZES)
+    # axes of one's own, and a single epoch (singular)
+    figure = Figure()
+    axes = gd.plot.study(_nothing_reached(epochs=1), ax=list(figure.subplots(1, 3)))
+    assert _lines(axes[0], "not reached in 1 epoch") and "in 1 epoch:" in _texts(axes[0])
+    gd.plot.save(axes, tmp_path / "given.png")
+
+
+def test_one_batch_size_reached(tmp_path):
+    none = [None] * (len(SIZES) - 1)
+    st = _result(
+        steps_to_target=[*none[:3], 200, *none[3:]],
+        examples_to_target=[*none[:3], 1600, *none[3:]],
+        epochs_to_target=[*none[:3], 16, *none[3:]],
+        seconds_to_target=[*none[:3], 0.16, *none[3:]],
+        noise_scale_batch_size=8,
+        critical_batch_size=None,
+        min_steps=None,
+        min_examples=None,
+    )
+    assert st.recommended_batch_size == 8
+    axes = gd.plot.study(st)
+    gd.plot.save(axes, tmp_path / "study.png")
+    (steps,) = _lines(axes[0], "steps to the target")
+    assert list(steps.get_xdata()) == [8.0] and list(steps.get_ydata()) == [200.0]
+    assert axes[0].get_yscale() == "log" and not _texts(axes[0])
+    (open_,) = _lines(axes[0], "not reached")
+    assert len(open_.get_xdata()) == len(SIZES) - 1
+    for ax, y in zip(axes, (200.0, 1600.0, 0.15), strict=True):
+        (star,) = _lines(ax, "pick: batch size 8 (learning rate 0.15)")
+        assert list(star.get_xdata()) == [8] and list(star.get_ydata()) == [y] and star.get_marker() == "*"
+
+
+DIGITS = [1, 4, 16, 64, 256, 1024, 1797]
+
+
+def _digits(**kw) -> gd.StudyResult:
+    """The README's digits study (batch 1024 picked, 1797 the full batch): crowded batch-size labels."""
+    per_epoch, epochs = [1797, 450, 113, 29, 8, 2, 1], [5, 6, 5, 6, 8, 9, 17]
+    args = {
+        "batch_sizes": DIGITS,
+        "learning_rates": np.geomspace(3e-3, 30.0, 16) * 2 / 0.7341,
+        "target": 0.05,
+        "epochs": 100,
+        "num_examples": 1797,
+        "initial_loss": 2.3,
+        "steps_per_epoch": per_epoch,
+        "best_learning_rates": [0.05157, 0.3254, 1.111, 3.794, 7.011, 12.95, 12.95],
+        "best_members": [0] * 7,
+        "final_losses": [0.04] * 7,
+        "epochs_to_target": epochs,
+        "steps_to_target": [e * p for e, p in zip(epochs, per_epoch, strict=True)],
+        "examples_to_target": [e * 1797 for e in epochs],
+        "seconds_to_target": [0.1] * 7,
+        "epochs_run": epochs,
+        "sweeps": [],
+        "wall_times": [1.0] * 7,
+        "compile_times": [1.0] * 7,
+        "sharpness": 0.7341,
+        "noise_scale": 28.7,
+        "noise_scale_at_target": 5165.0,
+        "noise_scale_batch_size": 1797,
+        "critical_batch_size": 969.0,
+        "min_steps": 10.0,
+        "min_examples": 9671.0,
+    }
+    return gd.StudyResult(**{**args, **kw})
+
+
+def test_the_pick_is_starred_and_its_batch_size_always_labelled():
+    st = _digits()
+    assert st.recommended_batch_size == 1024
+    axes = gd.plot.study(st)
+    for ax in axes:
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert "1024" in labels, labels  # 1024 and 1797 are too close to label both: the pick keeps its label
+        assert {"1", "4", "16", "64"} <= set(labels)
+        (star,) = _lines(ax, "pick: batch size 1024 (learning rate 12.9)")
+        assert list(star.get_xdata()) == [1024]
+    # without a pick the full batch keeps its label
+    bare = _digits(steps_to_target=[None] * 7, examples_to_target=[None] * 7, critical_batch_size=None)
+    labels = [t.get_text() for t in gd.plot.study(bare)[0].get_xticklabels()]
+    assert "1797" in labels and "1024" not in labels
+
+
+def test_a_best_rate_at_the_edge_of_the_range_is_ringed():
+    lrs = np.geomspace(0.01, 1.0, 8)
+    st = _result(best_learning_rates=[0.01, 0.04, 0.08, 0.15, 0.3, 1.0, 1.0, 0.7])
+    axes = gd.plot.study(st)
+    (ring,) = _lines(axes[2], "best rate at the edge of the range tried")
+    assert list(ring.get_xdata()) == [1.0, 32.0, 64.0] and ring.get_markerfacecolor() == "none"
+    assert list(ring.get_ydata()) == [lrs[0], 1.0, 1.0]
+    assert not _lines(gd.plot.study(_result())[2], "best rate at the edge")
+
+
+def test_a_new_figure_has_one_legend_below_the_panels_and_given_axes_one_each():
+    axes = gd.plot.study(_result())
+    figure = axes[0].figure
+    assert all(ax.get_legend() is None for ax in axes)
+    (legend,) = figure.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert len(labels) == len(set(labels))  # the vertical lines of two panels: once each
+    assert labels[:2] == ["steps to the target", "examples to the target"]
+    assert {"fitted B_crit = 12", "B_simple at start = 3", "2/sharpness = 1.25"} <= set(labels)
+    assert any(label.startswith("pick: batch size") for label in labels)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    top = legend.get_window_extent(renderer).y1
+    assert top <= min(ax.get_tightbbox(renderer).y0 for ax in axes) + 1  # below the panels, tick labels included
+    given = list(Figure().subplots(1, 3))
+    gd.plot.study(_result(), ax=given)
+    assert all(ax.get_legend() is not None for ax in given) and not given[0].figure.legends

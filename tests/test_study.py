@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import gdjax as gd
-from gdjax import _study_fit
+from gdjax import _study_fit, _study_report
 
 MODEL = _shared.LINEAR
 N, D = 256, 4
@@ -153,6 +153,7 @@ BAD = [
     ({"target": -0.1}, ValueError, "target must be a finite number >= 0"),
     ({"target": float("nan")}, ValueError, "target must be a finite number >= 0"),
     ({"target": float("inf")}, ValueError, "target must be a finite number >= 0"),
+    ({"target": 1e40}, ValueError, r"target is 1e\+40, beyond the largest float32 \(3.403e\+38\)"),
     ({"target": "0.2"}, TypeError, "target must be a number"),
     ({"target": None}, TypeError, "target must be a number"),
     ({"learning_rates": []}, ValueError, "learning_rates is empty"),
@@ -221,3 +222,51 @@ def test_the_best_member_is_the_fewest_epochs_then_the_lowest_loss_then_the_smal
     r = _study_fit.read(fake)
     assert r.member == 3 and r.epochs_to_target == 4 and r.epochs_run == 9
     assert r.steps_to_target == 4 * sw.steps_per_epoch and r.seconds_to_target == pytest.approx(sw.wall_time * 4 / 9)
+
+
+def test_a_target_beyond_float32_names_target_not_tol():
+    with pytest.raises(ValueError, match="target is 1e") as raised:
+        _study(target=1e40)
+    assert "tol" not in str(raised.value)
+
+
+def _one(st: gd.StudyResult, **kw) -> gd.StudyResult:
+    """``st`` cut to its last batch size (the full batch: 1 step per epoch), with ``kw`` replaced."""
+    k = len(st.batch_sizes)
+    cut = {
+        f.name: getattr(st, f.name)[-1:]
+        for f in dataclasses.fields(st)
+        if isinstance(getattr(st, f.name), list) and len(getattr(st, f.name)) == k
+    }
+    return dataclasses.replace(st, critical_batch_size=None, min_steps=None, min_examples=None, **{**cut, **kw})
+
+
+def test_counts_of_one_are_singular(st, capsys):
+    one = _one(st, learning_rates=LRS[-1:], epochs=1, epochs_to_target=[1], steps_to_target=[1], examples_to_target=[N])
+    text = one.summary()
+    assert f"study of 1 batch size x 1 learning rate on {N} examples" in text and "at most 1 epoch\n" in text
+    assert f"(the knee of the trade-off, least steps x examples: 1 step, {N} examples)" in text
+    assert f"note: batch size {N} reached the target within 1 or 2 epochs" in text and "so its steps" in text
+    for wrong in ("1 steps", "1 epochs", "1 batch sizes", "1 learning rates", "batch sizes 256"):
+        assert wrong not in text, wrong
+    gd.study(MODEL.loss, P0, optax.sgd, PROB.data, batch_sizes=[N], learning_rates=LRS, target=TARGET, epochs=EPOCHS,
+             key=KEY, diagnostics=False, progress=True)  # fmt: skip
+    assert f"study: batch size {N} (1 of 1), 1 step per epoch" in capsys.readouterr().err
+
+
+def test_notes_name_the_arguments_in_python_and_the_options_on_the_command_line(st):
+    top = float(LRS.max())
+    edge = dataclasses.replace(st, best_learning_rates=[top, *st.best_learning_rates[1:-1], float(LRS.min())])
+    text = edge.summary()
+    assert f"the best learning rate is the largest tried at batch size {SIZES[0]}: widen learning_rates upward" in text
+    assert f"the best learning rate is the smallest tried at batch size {N}: widen learning_rates downward" in text
+    notes = _study_report.notes(edge, _study_report.COMMAND_LINE)
+    assert (
+        f"the best learning rate is the largest tried at batch size {SIZES[0]}: widen the range with --lr-max" in notes
+    )
+    assert f"the best learning rate is the smallest tried at batch size {N}: widen the range with --lr-min" in notes
+    assert not any("learning_rates" in note for note in notes)
+    nothing = _one(st, steps_to_target=[None], examples_to_target=[None], epochs_to_target=[None])
+    (note,) = _study_report.notes(nothing, _study_report.COMMAND_LINE)
+    assert note.startswith(f"no batch size reached the target {TARGET:.6g} within {EPOCHS} epochs: raise --epochs")
+    assert "raise epochs or the target" in _study_report.summary(nothing)

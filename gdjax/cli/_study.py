@@ -7,21 +7,31 @@ the learning rates as ``gdjax sweep`` does (:mod:`gdjax.cli._lr_range`), then
 runs :func:`gdjax.study` over ``--batch-sizes`` and writes ``study.csv`` (one
 row per batch size), ``summary.json`` and ``study.png``.
 
-Without ``--target-loss`` the target is chosen by a first sweep at the largest
-batch size (its compiled program is the one the study runs there, so it costs
-one run, no compilation): the lowest training loss any learning rate reached
-there after 75% of ``--epochs``. The largest batch is the slowest per example,
-so it takes about 75% of ``--epochs`` and every smaller batch size fewer,
-as many as the trade-off saves: more ``--epochs``, finer resolution (the
-study's resolution is one epoch).
+Without ``--target-loss`` the target is chosen by a first (trial) sweep at the
+largest batch size (its compiled program is the one the study runs there, so it
+costs one run, no compilation): the lowest training loss any learning rate
+reached there after 75% of ``--epochs``. The largest batch is the slowest per
+example, so it takes about 75% of ``--epochs`` and every smaller batch size
+fewer, as many as the trade-off saves: more ``--epochs``, finer resolution (the
+study's resolution is one epoch). The trial sweep's seconds are the command's
+too: its compile time is counted in the largest batch size's ``compile_time``
+(study.csv, summary.json), its run time in the totals printed and in
+summary.json's ``wall_time_s`` and ``total_time_s``, and both are in
+summary.json's ``target_loss.trial_sweep``.
+
+A figure that cannot be drawn is one ``gdjax: error:`` line and exit status 1,
+after study.csv and summary.json are written.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +40,8 @@ import jax
 import numpy as np
 
 import gdjax as gd
+from gdjax import _study_report
+from gdjax._study_checks import check_target
 from gdjax._study_measure import whole
 from gdjax.cli import _lr_range
 from gdjax.cli._commands import _model, environment
@@ -39,7 +51,7 @@ from gdjax.cli._limits import check_size
 from gdjax.cli._parser import LR_MAX, LR_MIN, MODELS, OPTIMIZERS, check_learning_rates
 from gdjax.cli._sweepdata import find, load
 
-__all__ = ["STUDY_FILES", "parse_batch_sizes", "study"]
+__all__ = ["STUDY_FILES", "FigureError", "parse_batch_sizes", "study"]
 
 STUDY_FILES = ("study.csv", "summary.json", "study.png")
 #: The automatic target: the lowest loss the largest batch size reached after this fraction of ``--epochs``.
@@ -56,7 +68,8 @@ smallest batch size.
 Without --target-loss the target is chosen by a first sweep at the largest batch size (the program the study runs \
 there, so nothing more is compiled): the lowest training loss any learning rate reached there after 75% of \
 --epochs. The largest batch is the slowest per example, so it takes about 75% of --epochs to reach it and smaller \
-batch sizes fewer, as many as the trade-off saves: more --epochs give a finer resolution.
+batch sizes fewer, as many as the trade-off saves: more --epochs give a finer resolution. That trial sweep's \
+compile time is counted in the largest batch size's compile_time, its run time in the totals.
 
 Without --lr-min and --lr-max the learning rates are chosen from the sharpness, as for gdjax sweep (see gdjax \
 sweep --help).
@@ -148,11 +161,8 @@ def _check_options(args: argparse.Namespace) -> None:
     """What ``gdjax sweep``'s option checks cover, for the study's options (before the data is read)."""
     for flag, value in (("--num-lrs", args.num_lrs), ("--epochs", args.epochs), ("--hidden", args.hidden)):
         check(value >= 1, f"{flag} must be at least 1; got {value}.")
-    if args.target_loss is not None:
-        check(
-            math.isfinite(args.target_loss) and args.target_loss >= 0,
-            f"--target-loss must be a finite number >= 0 (the training loss to reach); got {args.target_loss:g}.",
-        )
+    if args.target_loss is not None:  # finite, >= 0 and within float32, the loss's dtype, as gd.study checks it
+        gdjax_call(check_target, args.target_loss, "--target-loss")
     if args.lr_min is None and args.lr_max is None:
         return  # from the sharpness, as gdjax sweep does
     args.lr_min = LR_MIN if args.lr_min is None else args.lr_min
@@ -163,9 +173,14 @@ def _check_options(args: argparse.Namespace) -> None:
 def _target(
     args: argparse.Namespace, model: gd.models.Model, params: Any, it: gd.DataIterator, lrs: np.ndarray
 ) -> dict[str, Any]:
-    """summary.json's ``target_loss``: the given one, or the automatic one from a first sweep at batch size ``it``'s."""
+    """summary.json's ``target_loss``: the given one, or the automatic one from a first sweep at batch size ``it``'s.
+
+    The automatic one carries ``trial_sweep``: that sweep's batch size and seconds (compile, run, and the whole
+    call), which :func:`study` adds to the study's.
+    """
     if args.target_loss is not None:
         return {"value": args.target_loss, "source": "given", "reason": "--target-loss"}
+    start_time = time.perf_counter()
     sw = gdjax_call(
         gd.sweep,
         model.loss,
@@ -177,6 +192,14 @@ def _target(
         key=jax.random.key(args.seed),
         progress=not args.no_progress,
     )
+    trial = {
+        "batch_size": it.batch_size,
+        "compile_time_s": sw.compile_time,
+        "wall_time_s": sw.wall_time,
+        "total_time_s": time.perf_counter() - start_time,
+        "counted": "its compile time in this batch size's compile_time (the study reused its program); its run "
+        "time in wall_time_s; its seconds in total_time_s",
+    }
     epoch = max(1, math.ceil(TARGET_FRACTION * args.epochs))
     losses = np.where(sw.diverged, np.nan, np.asarray(sw.epoch_losses, np.float64)[:, epoch - 1])
     start = float(sw.initial_loss[0])
@@ -193,17 +216,24 @@ def _target(
         f"({TARGET_FRACTION:.0%} of --epochs; learning rate {float(sw.hyperparams['learning_rate'][k]):.4g}); "
         "pass --target-loss to set it"
     )
-    return {"value": value, "source": "auto", "reason": reason, "initial_loss": start, "pilot_epoch": epoch}
+    return {
+        "value": value,
+        "source": "auto",
+        "reason": reason,
+        "initial_loss": start,
+        "pilot_epoch": epoch,
+        "trial_sweep": trial,
+    }
 
 
 def _header(args: argparse.Namespace, path: Path, info: dict[str, Any], sizes: list[int]) -> str:
     features, n = info["features"], info["rows"]
     softmax = info.get("num_classes", 0) > 2
     what = f"{'softmax regression' if softmax else MODELS[args.model]} of {args.target!r}"
-    shown = ", ".join(map(str, sizes))
+    shown = ("batch size " if len(sizes) == 1 else "batch sizes ") + ", ".join(map(str, sizes))
     return (
         f"gdjax study: {what} on {plural(len(features), 'feature')}, {plural(n, 'row')} of {path}\n"
-        f"batch sizes {shown}; {plural(args.num_lrs, 'learning rate')} each, {args.optimizer}, at most "
+        f"{shown}; {plural(args.num_lrs, 'learning rate')} each, {args.optimizer}, at most "
         f"{plural(args.epochs, 'epoch')}"
     )
 
@@ -237,8 +267,8 @@ def _summary(
         "min_steps": st.min_steps,
         "min_examples": st.min_examples,
         "batch_sizes": st.to_rows(),
-        "compile_time_s": sum(st.compile_times),
-        "wall_time_s": sum(st.wall_times),
+        "compile_time_s": sum(st.compile_times),  # the trial sweep's included (in the largest batch size's)
+        "wall_time_s": sum(st.wall_times) + _trial(target).get("wall_time_s", 0.0),
         "measure_times_s": st.measure_times,
         "total_time_s": st.total_time,
         "settings": {**settings, **info},
@@ -247,8 +277,33 @@ def _summary(
     return json_ready(summary)
 
 
+def _trial(target: dict[str, Any]) -> dict[str, Any]:
+    """The trial sweep that chose the target (:func:`_target`), or ``{}`` for a given target."""
+    trial: dict[str, Any] = target.get("trial_sweep", {})
+    return trial
+
+
+def _with_trial(st: gd.StudyResult, target: dict[str, Any]) -> gd.StudyResult:
+    """The study with the trial sweep's seconds: its compile in the largest batch size's, its call in the total.
+
+    The trial sweep compiled the program the study then ran at that batch size (which read 0 compile seconds).
+    """
+    trial = _trial(target)
+    if not trial:
+        return st
+    compile_times = [*st.compile_times[:-1], st.compile_times[-1] + trial["compile_time_s"]]
+    return dataclasses.replace(st, compile_times=compile_times, total_time=st.total_time + trial["total_time_s"])
+
+
+class FigureError(Exception):
+    """study.png could not be drawn (after study.csv and summary.json were written): one error line, exit 1."""
+
+
 def _write(out: Path, st: gd.StudyResult, summary: dict[str, Any]) -> Iterator[Path]:
-    """Write the three outputs, yielding each path once written (``OSError`` as the file system raises it)."""
+    """Write the three outputs, yielding each path once written (``OSError`` as the file system raises it).
+
+    A figure that fails otherwise raises :class:`FigureError`: the command's results are in the other two files.
+    """
     from gdjax import plot
 
     paths = [out / name for name in STUDY_FILES]
@@ -260,7 +315,14 @@ def _write(out: Path, st: gd.StudyResult, summary: dict[str, Any]) -> Iterator[P
     yield paths[0]
     paths[1].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     yield paths[1]
-    plot.save(plot.study(st), paths[2])
+    try:
+        plot.save(plot.study(st), paths[2])
+    except OSError:
+        raise
+    except Exception as exc:  # a bug drawing the figure: say so in one line, the numbers are written
+        raise FigureError(
+            f"could not draw {paths[2]} ({type(exc).__name__}: {exc}); the results are in {paths[0]} and {paths[1]}."
+        ) from exc
     yield paths[2]
 
 
@@ -302,7 +364,10 @@ def study(args: argparse.Namespace) -> int:
         key=key,
         progress=not args.no_progress,
     )
-    print(st.summary())
+    st = _with_trial(st, target)
+    trial = _trial(target)
+    seconds = {"wall_time": trial["wall_time_s"], "compile_time": trial["compile_time_s"]} if trial else None
+    print(_study_report.summary(st, _study_report.COMMAND_LINE, seconds))
     print()
     try:
         for written in _write(out, st, _summary(args, st, info, target)):
@@ -311,4 +376,7 @@ def study(args: argparse.Namespace) -> int:
         if isinstance(exc, BrokenPipeError):
             raise
         raise write_error(exc, out) from None
+    except FigureError as exc:
+        print(f"gdjax: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     return 0
