@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit status: 0 on success; 2 for bad input, a malformed command
       line included (after printing one ``gdjax: error:`` line on standard
       error); 130 when interrupted (Ctrl-C), after ``gdjax: interrupted``;
-      1 when standard output is a closed pipe.
+      1 when standard output is a closed pipe, or when ``gdjax study``
+      could not draw its figure (one ``gdjax: error:`` line; the results are
+      written).
 
     Raises:
       SystemExit: ``SystemExit(0)`` from argparse, after printing the help
