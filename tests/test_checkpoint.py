@@ -679,15 +679,30 @@ def _newest_epoch(folder, prefix):
     return max((int(m.group(1)) for n in names if (m := pattern.fullmatch(n))), default=0)
 
 
+@pytest.fixture(scope="module")
+def child_env(tmp_path_factory):
+    """The children's environment: one JAX compilation cache for all of them, so only the first child of a
+    kind compiles its program and the others load it (the same executable; what these tests check is the
+    checkpoints, the kill and the resume, which the cache does not touch). Fresh processes that compile
+    alike are test_loop's test_same_key_bit_identical_in_two_fresh_processes."""
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "seed"), [("fit", 0), ("sweep", 0), ("sweep", 1)])
-def test_killed_with_sigkill_and_run_again_is_bit_identical(tmp_path, tmp_path_factory, kind, seed):
+def test_killed_with_sigkill_and_run_again_is_bit_identical(tmp_path, tmp_path_factory, child_env, kind, seed):
     """Killed at a random moment once a random epoch is saved, a run resumes from a saved epoch and ends
     bit-identical to an uninterrupted run in another fresh process. A sweep is killed in chunk ``seed % 2``.
     The seed fixes the moment; GDJAX_KILL_SEED=n replays another one."""
     seed = int(os.environ.get("GDJAX_KILL_SEED", seed))
     rng = random.Random(seed)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = child_env
     epochs = resume_child.FIT_EPOCHS if kind == "fit" else resume_child.SWEEP_EPOCHS
     chunk = seed % 2 if kind == "sweep" else None
     prefix = "" if chunk is None else f"chunk-{chunk:05d}-"

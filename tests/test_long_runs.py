@@ -110,7 +110,8 @@ def test_a_long_sweep_stopped_by_tol_keeps_only_the_history_it_ran():
     cfg = _config.config(
         MODEL.loss, optax.sgd, p, it, epochs=10**6, log_every=1, has_aux=False, batched=False, members=64
     )
-    held = 64 * 8 * (cfg.epoch_capacity + _run.windows(cfg.epoch_capacity, it.num_batches, cfg.log_every))
+    itemsize = np.dtype(cfg.loss_dtype).itemsize  # float32 losses here: 4 bytes a value
+    held = 64 * itemsize * (cfg.epoch_capacity + _run.windows(cfg.epoch_capacity, it.num_batches, cfg.log_every))
     assert held <= _run.HISTORY_BYTES
     tol = float(prob.min_loss) * 1.5
     sw = gd.sweep(MODEL.loss, p, optax.sgd, it, learning_rates=lrs, epochs=10**6, key=jax.random.key(2), tol=tol)
