@@ -136,12 +136,11 @@ def place(on_device: Any, tree: PyTree, root: str = "data") -> bool:
 def stream(tree: PyTree, batch_size: int) -> _stream.Stream:
     """How a compiled program reads the host data ``tree`` (checked): its reader, and the static spec."""
     leaves, treedef = jax.tree.flatten(tree)
-    dtypes = [np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)) for x in leaves]
-    rows = tuple((tuple(int(d) for d in x.shape[1:]), dt) for x, dt in zip(leaves, dtypes, strict=True))
-    row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
+    rows = _stream.example_layout(leaves)
+    row_bytes = _stream.row_bytes(rows)
     check_batch(batch_size * row_bytes, batch_size)
     chunk = _stream.read_batches(row_bytes, batch_size)
-    read = reader(tree, dtypes)
+    read = reader(tree, [dt for _, dt in rows])
     read.data = tree
     return _stream.Stream(read.token, _stream.Spec(treedef, rows, chunk), read)
 

@@ -47,6 +47,16 @@ CHUNK_BYTES = 8 << 20
 _KEEP = 4
 
 
+def example_layout(leaves: list[Any]) -> tuple[tuple[tuple[int, ...], np.dtype], ...]:
+    """``(shape, dtype)`` of one example of each leaf, in the dtype JAX uses."""
+    return tuple((tuple(int(d) for d in x.shape[1:]), np.dtype(jax.dtypes.canonicalize_dtype(x.dtype))) for x in leaves)
+
+
+def row_bytes(rows: tuple[tuple[tuple[int, ...], np.dtype], ...]) -> int:
+    """Bytes of one example with leaves of these ``(shape, dtype)``."""
+    return sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt in rows)
+
+
 def read_batches(row_bytes: int, batch_size: int) -> int:
     """Batches of ``batch_size`` examples of ``row_bytes`` each that one read of a streamed epoch takes."""
     return max(1, CHUNK_BYTES // max(1, batch_size * row_bytes))

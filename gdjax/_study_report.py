@@ -5,22 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from gdjax._types import plural
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from gdjax.study import StudyResult
 
-__all__ = ["COMMAND_LINE", "PYTHON", "Wording", "edge", "notes", "plural", "rows", "summary"]
-
-
-def plural(count: int, noun: str) -> str:
-    """``"1 step"``, ``"2 steps"`` (as ``gdjax.cli._common.plural``, which the library does not import).
-
-    Example:
-      >>> plural(1, "step"), plural(2, "batch size")
-      ('1 step', '2 batch sizes')
-    """
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+__all__ = ["COMMAND_LINE", "PYTHON", "Wording", "edge", "notes", "rows", "summary"]
 
 
 def _sizes(sizes: list[int]) -> str:

@@ -26,3 +26,13 @@ def ceil_div(a: int, b: int) -> int:
       (3, 2)
     """
     return -(-a // b)
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 step"``, ``"2 steps"``.
+
+    Example:
+      >>> plural(1, "step"), plural(2, "batch size")
+      ('1 step', '2 batch sizes')
+    """
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -202,10 +202,7 @@ class DataIterator:
         """Batches a streamed epoch reads from the host at a time (for data on the device: would read)."""
         if self.stream is not None:
             return min(self.num_batches, self.stream.spec.chunk_steps)
-        row_bytes = sum(
-            int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(jax.dtypes.canonicalize_dtype(x.dtype)).itemsize
-            for x in jax.tree.leaves(self.data)
-        )
+        row_bytes = _stream.row_bytes(_stream.example_layout(jax.tree.leaves(self.data)))
         return min(self.num_batches, _stream.read_batches(row_bytes, self.batch_size))
 
     @property

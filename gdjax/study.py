@@ -36,8 +36,7 @@ import optax
 from gdjax import _optimizer, _study_checks, _validate
 from gdjax._study_fit import read, tradeoff
 from gdjax._study_measure import measure, whole
-from gdjax._study_report import plural
-from gdjax._types import PyTree
+from gdjax._types import PyTree, plural
 from gdjax.data import DataIterator
 from gdjax.results import SweepResult
 from gdjax.sweep import sweep

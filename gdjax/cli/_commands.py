@@ -16,8 +16,9 @@ import optax
 
 import gdjax as gd
 from gdjax import __version__
+from gdjax._types import plural
 from gdjax.cli import _lr_range
-from gdjax.cli._common import check, gdjax_call, plural
+from gdjax.cli._common import check, gdjax_call
 from gdjax.cli._files import SWEEP_FILES, json_ready, out_dir, write_error, write_results
 from gdjax.cli._limits import check_size
 from gdjax.cli._parser import MODELS, OPTIMIZERS

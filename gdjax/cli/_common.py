@@ -26,9 +26,5 @@ def strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
 def gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:,.1f} GiB"

@@ -8,7 +8,8 @@ import os
 import jax
 
 from gdjax import _blocks, _sources
-from gdjax.cli._common import UsageError, check, gib, plural
+from gdjax._types import plural
+from gdjax.cli._common import UsageError, check, gib
 
 MAX_STEPS = 2**31  # steps are counted in int32 on the device
 MEMORY_FRACTION = 0.5  # of physical memory: the most a sweep may plan to use

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gdjax.cli._common import UsageError, plural
+from gdjax._types import plural
+from gdjax.cli._common import UsageError
 
 __all__ = ["Split", "check_fraction", "num_held_out", "split_rows"]
 

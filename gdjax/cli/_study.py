@@ -43,9 +43,10 @@ import gdjax as gd
 from gdjax import _study_report
 from gdjax._study_checks import check_target
 from gdjax._study_measure import whole
+from gdjax._types import plural
 from gdjax.cli import _lr_range
 from gdjax.cli._commands import _model, environment
-from gdjax.cli._common import UsageError, check, gdjax_call, plural
+from gdjax.cli._common import UsageError, check, gdjax_call
 from gdjax.cli._files import json_ready, out_dir, write_error
 from gdjax.cli._limits import check_size
 from gdjax.cli._parser import LR_MAX, LR_MIN, MODELS, OPTIMIZERS, check_learning_rates

@@ -13,7 +13,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
-from gdjax._study_report import edge, plural
+from gdjax._study_report import edge
+from gdjax._types import plural
 from gdjax.study import StudyResult
 
 __all__ = ["study"]
