@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Sequence
 
-from gdjax import progress
+from gdjax import _distributed, progress
 from gdjax._checkpoint_files import history_layout as _history_layout
 from gdjax._program import RunState
 from gdjax._runner import Hook, HostHistory, Status
@@ -86,7 +86,9 @@ class CheckpointHook(Hook):
                 "chunk": self.chunk,
             }
             extra = {"history": history.layout(), "run": run_layout}
-            self.ckpt.save((run, history.drained(run)), status.epochs_done, extra)
+            tree = _distributed.to_host((run, history.drained(run)))  # every process gathers; process 0 writes
+            if self.ckpt.writer:
+                self.ckpt.save(tree, status.epochs_done, extra)
 
 
 def hooks(

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from gdjax import _distributed
 from gdjax._types import PyTree
 
 META = "__meta__"
@@ -298,5 +299,5 @@ def restore(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict[str, An
                 f"checkpoint {path}: leaf {i} is {a.dtype}{list(a.shape)}, expected {want[1]}{list(want[0])}."
             )
         sharding = getattr(leaf, "sharding", None)
-        out.append(jax.device_put(a, sharding) if sharding is not None else a)
+        out.append(_distributed.put_leaf(a, sharding) if sharding is not None else a)
     return jax.tree.unflatten(treedef, out), meta["metadata"]

@@ -164,6 +164,17 @@ def check_devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise TypeError("devices must be a non-empty sequence of jax.Device, such as jax.devices(); or None for all.")
+    kinds = sorted({d.platform for d in devices})
+    if len(kinds) > 1:
+        raise ValueError(
+            f"devices mixes {' and '.join(kinds)} devices, but one program runs on one kind: pass devices of one "
+            f"kind, e.g. devices=jax.devices({kinds[-1]!r})."
+        )
+    if not any(d.process_index == jax.process_index() for d in devices):
+        raise ValueError(
+            f"devices holds none of this process's devices ({jax.local_devices()}), so it cannot take part: "
+            f"every process passes the same list, with devices of each (jax.devices() lists them all)."
+        )
     seen = set()
     for d in devices:
         if d in seen:

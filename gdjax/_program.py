@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _blocks, _evaluation
+from gdjax import _blocks, _data_parallel, _evaluation
 from gdjax._run import (
     AXIS,
     LOSS_STREAM,
@@ -68,11 +68,16 @@ def rows(cfg: Config, it: DataIterator, data: PyTree = None) -> _blocks.Rows:
     """The training data (or another data set shaped like it) as full-data passes read it, in blocks."""
     if data is None or isinstance(data, DataIterator):
         source = it if data is None else data
-        return _blocks.Rows(
-            source.read, source.num_examples, _blocks.block_rows(source.data, it.batch_size, cfg.block_elements)
-        )
-    n = jax.tree.leaves(data)[0].shape[0]
-    return _blocks.Rows(_blocks.slicer(data), n, _blocks.block_rows(data, it.batch_size, cfg.block_elements))
+        read, n, whole = source.read, source.num_examples, source.data
+    else:
+        read, n, whole = _blocks.slicer(data), jax.tree.leaves(data)[0].shape[0], data
+    if cfg.data_sharding is not None:  # data parallel: each device measures its share of the block's rows
+        read = functools.partial(_split_read, cfg.data_sharding, read)
+    return _blocks.Rows(read, n, _blocks.block_rows(whole, it.batch_size, cfg.block_elements))
+
+
+def _split_read(data_sharding: Any, read: Callable, *args: Any) -> PyTree:
+    return _data_parallel.split(data_sharding, read(*args))
 
 
 def full_loss(cfg: Config, it: DataIterator, train: TrainState, loss_hparams: dict[str, jax.Array]) -> jax.Array:
@@ -141,7 +146,9 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
         b_data, b_mask, _ = xs  # the batch's indices into the data, or for streamed data its examples
         # Without padding every mask is all True: a constant one lets XLA drop the masking from the step.
         b_mask = b_mask if it.padded else jnp.ones_like(b_mask)
+        b_data, b_mask = _data_parallel.split(cfg.data_sharding, (b_data, b_mask))  # data parallel: rows split
         batch = it.gather(b_data, b_mask) if it.on_device else Batch(b_data, b_mask)
+        batch = _data_parallel.split(cfg.data_sharding, batch)
         new, metrics = step(state, batch, loss_key)
         if not cfg.with_key:  # only the keys read the step count: count the window's steps once, at its end
             new = new._replace(step=state.step)
@@ -387,15 +394,15 @@ def _input_specs(layout: Layout) -> Inputs:
 
 def start_program(layout: Layout, inputs: Inputs) -> RunState:
     """The starting state of every run of the layout (the program :mod:`gdjax._runner` compiles first)."""
-    if layout.mesh is None:
-        return _start(layout, inputs)
+    if layout.mesh is None or not layout.members:
+        return _data_parallel.replicated(layout.mesh, _start(layout, inputs))
     return _sharded(layout, _start, (_input_specs(layout),))(inputs)
 
 
 def train_program(layout: Layout, inputs: Inputs, run: RunState, epochs: jax.Array) -> RunState:
     """:func:`train` for the layout, split over its mesh (the program the runner calls in chunks of epochs)."""
-    if layout.mesh is None:
-        return train(layout, inputs, run, epochs)
+    if layout.mesh is None or not layout.members:
+        return _data_parallel.replicated(layout.mesh, train(layout, inputs, run, epochs))
     return _sharded(layout, train, (_input_specs(layout), P(AXIS), P()))(inputs, run, epochs)
 
 

@@ -72,6 +72,8 @@ class Config:
     with_key: bool = False
     stateful: bool = False
     static: Static | None = None  # the leaves of the model that are not trained (None: every leaf is)
+    #: a data-parallel run: the sharding that splits a batch's rows over the devices (None: one device)
+    data_sharding: Any = None
     #: values one block of a full-data pass reads (:mod:`gdjax._blocks`); read when the config is made
     block_elements: int = dataclasses.field(default_factory=lambda: _blocks.BLOCK_ELEMENTS)
 
@@ -175,7 +177,8 @@ class Layout(NamedTuple):
       members: a leading member axis (a sweep) or one run (a fit).
       params_batched: each member starts from its own parameters.
       keys_batched: each member has its own order key.
-      mesh: the devices the members are split over, or None for one device.
+      mesh: the devices the members are split over (a sweep), or each batch's rows
+        (a fit, data parallel); None for one device.
     """
 
     cfg: Config

@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax import _stream
+from gdjax import _distributed, _stream
 from gdjax._caches import BoundedCache
 from gdjax._program import active, start_program, train_program
 from gdjax._run import EPOCH_FIELDS, WINDOW_FIELDS, Inputs, Layout, RunState
@@ -154,7 +154,7 @@ def _run(
     state = _stream.wait(lambda: start.program(inputs), readers)
     for hook in hooks:
         state = hook.start(state, history)
-    resumed = int(np.max(jax.device_get(state.epoch))) if hooks else first  # only a hook can restore
+    resumed = int(np.max(_distributed.to_host(state.epoch))) if hooks else first  # only a hook can restore
     if resumed > epochs:
         raise ValueError(
             f"the checkpoint holds this run at epoch {resumed}, past the {epochs} asked for: pass epochs={resumed} "
@@ -206,7 +206,7 @@ def _drive(
 
 
 def _status(state: RunState, epochs: int, members: int, first: int) -> Status:
-    epoch, running, diverged = jax.device_get((state.epoch, active(state), state.diverged))
+    epoch, running, diverged = _distributed.to_host((state.epoch, active(state), state.diverged))
     real = slice(0, members)  # padding copies of a member are not counted
     running, diverged = np.atleast_1d(running)[real], np.atleast_1d(diverged)[real]
     return Status(int(np.max(epoch)), epochs, int(running.sum()), int(diverged.sum()), members, first)
@@ -215,7 +215,7 @@ def _status(state: RunState, epochs: int, members: int, first: int) -> Status:
 def _scalar(layout: Layout, value: int) -> jax.Array:
     """An int32 scalar where the layout's programs expect it (replicated over a mesh)."""
     x = jnp.asarray(value, jnp.int32)
-    return jax.device_put(x, NamedSharding(layout.mesh, P())) if layout.mesh is not None else x
+    return _distributed.put(x, NamedSharding(layout.mesh, P())) if layout.mesh is not None else x
 
 
 class HostHistory:
@@ -252,22 +252,24 @@ class HostHistory:
         epoch = self.limit() if epoch is None else epoch
         like = state if like is None else like
         done = self._window(epoch) - self._window(self.base)
-        put = lambda new, old: jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new  # noqa: E731
+        put = lambda new, old: _distributed.put(new, old.sharding) if hasattr(old, "sharding") else new  # noqa: E731
         fresh: dict[str, Any] = {}
+        buffers = _distributed.to_host({name: getattr(state, name) for name in WINDOW_FIELDS + EPOCH_FIELDS})
         for name in WINDOW_FIELDS:
-            sums = np.asarray(getattr(state, name))
+            sums = np.asarray(buffers[name])
             self.parts[name].append(sums[..., :done])
             empty = np.zeros(np.shape(getattr(like, name)), sums.dtype)
             if done < sums.shape[-1]:
                 empty[..., 0] = sums[..., done]  # the window the segment ended inside (0 if none)
             fresh[name] = put(empty, getattr(like, name))
         for name in EPOCH_FIELDS:
-            values = np.asarray(getattr(state, name))
+            values = np.asarray(buffers[name])
             self.parts[name].append(values[..., : epoch - self.base])
             fresh[name] = put(np.full(np.shape(getattr(like, name)), np.nan, values.dtype), getattr(like, name))
         self.base = epoch
         self.capacity = np.shape(getattr(like, EPOCH_FIELDS[0]))[-1]
-        return state._replace(base=put(np.full_like(np.asarray(state.base), epoch), like.base), **fresh)
+        base = np.full(np.shape(state.base), epoch, np.asarray(_distributed.to_host(state.base)).dtype)
+        return state._replace(base=put(base, like.base), **fresh)
 
     def drained(self, state: RunState) -> dict[str, np.ndarray]:
         """The history on the host so far, one array per buffer (what a checkpoint stores beside the run)."""
@@ -308,16 +310,15 @@ class HostHistory:
         self.first, self.base, self.capacity = saved["first"], saved["base"], saved["capacity"]
         if np.shape(getattr(state, EPOCH_FIELDS[0])) == np.shape(getattr(like, EPOCH_FIELDS[0])):
             return state
-        return self.drain(state, int(np.max(np.asarray(state.epoch))), like)
+        return self.drain(state, int(np.max(_distributed.to_host(state.epoch))), like)
 
     def join(self, state: RunState) -> RunState:
         """The run with its whole history (host segments, then the program's buffers) as numpy arrays."""
         if not self.parts[EPOCH_FIELDS[0]]:
             return state
         done = self.drained(state)
-        joined: dict[str, Any] = {
-            name: np.concatenate([done[name], np.asarray(getattr(state, name))], -1) for name in done
-        }
+        now = _distributed.to_host({name: getattr(state, name) for name in done})
+        joined: dict[str, Any] = {name: np.concatenate([done[name], np.asarray(now[name])], -1) for name in done}
         return state._replace(**joined)
 
 
@@ -331,7 +332,7 @@ def join(outcomes: Sequence[tuple[RunState, int]]) -> RunState:
     widths = {name: max(np.shape(getattr(r, name))[-1] for r, _ in outcomes) for name in fills}
 
     def host(state: RunState, n: int) -> RunState:
-        state = jax.tree.map(lambda x: np.asarray(x)[:n], state)
+        state = jax.tree.map(lambda x: np.asarray(x)[:n], _distributed.to_host(state))
         pad = lambda x, w, fill: np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, w - x.shape[-1])], constant_values=fill)  # noqa: E731
         padded: dict[str, Any] = {name: pad(getattr(state, name), widths[name], fill) for name, fill in fills.items()}
         return state._replace(**padded)

@@ -145,6 +145,7 @@ def run_settings(
         "with_key": cfg.with_key,
         "params": params,
         "evaluation": evaluation_settings(cfg.evaluation, eval_data, as_lists(loss_hyperparams)),
+        "processes": jax.process_count(),  # a run split over processes resumes with as many
         **extra,
     }
 
@@ -173,10 +174,12 @@ def fit_settings(
     hyperparams: dict[str, Any],
     loss_hyperparams: dict[str, Any],
     eval_data: Any,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """What a fit's checkpoints record (called only with a checkpoint: it hashes the data and params)."""
     trained = start.init.params
-    return run_settings("fit", cfg, args, trained, start_settings(start), hyperparams, loss_hyperparams, eval_data)
+    params = start_settings(start)
+    return run_settings("fit", cfg, args, trained, params, hyperparams, loss_hyperparams, eval_data, devices=devices)
 
 
 def sweep_settings(

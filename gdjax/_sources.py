@@ -99,7 +99,7 @@ def nbytes(tree: PyTree) -> int:
 
 def free_bytes(device: Any = None) -> int:
     """Free memory of ``device`` (default: JAX's first): its allocator's limit less use, else the host's available."""
-    device = jax.devices()[0] if device is None else device
+    device = jax.local_devices()[0] if device is None else device
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

@@ -103,6 +103,11 @@ def holding(checkpointers: Sequence[Checkpointer | None]) -> Iterator[None]:
         return
     if len({c.folder for c in ckpts}) != 1:
         raise ValueError("holding() takes checkpointers of one folder.")
+    if not ckpts[0].writer:  # across processes the run's first process holds the lock and writes; others read
+        for c in ckpts:
+            c.check_folder()
+        yield
+        return
     with FolderLock(ckpts[0].folder) as lock:
         try:
             for c in ckpts:
@@ -151,6 +156,8 @@ class Checkpointer:
         self.settings = json.loads(json.dumps(settings, sort_keys=True))
         self.every, self.keep, self.prefix = every, keep, prefix
         self.lock: FolderLock | None = None
+        #: False in the processes of a run over several that only read: the first one writes (see :func:`holding`).
+        self.writer = True
         self._prepare()
 
     def _prepare(self) -> None:
@@ -205,7 +212,7 @@ class Checkpointer:
     _run_metadata = staticmethod(run_metadata)
 
     def _check(self, path: Path, meta: dict[str, Any]) -> None:
-        theirs = meta["settings"]
+        theirs = {"processes": 1, "devices": 1, **meta["settings"]}  # written before fits recorded them: one
         if theirs != self.settings:
             diffs = [d for d in _differences(theirs, self.settings) if not d.startswith("loss_fn_digest:")]
             if theirs.get("loss_fn_digest") != self.settings.get("loss_fn_digest") and not any(

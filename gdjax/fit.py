@@ -16,15 +16,28 @@ the compiled program.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import optax
 
-from gdjax import _config, _hooks, _optimizer, _runner, _settings, _validate, _validate_eval, _validate_model
+from gdjax import (
+    _config,
+    _data_parallel,
+    _distributed,
+    _hooks,
+    _optimizer,
+    _plan,
+    _runner,
+    _settings,
+    _validate,
+    _validate_eval,
+    _validate_model,
+)
 from gdjax._run import Layout
 from gdjax._types import PyTree
 from gdjax.checkpoint import holding
@@ -63,6 +76,7 @@ def fit(
     loss_hyperparams: Mapping[str, float] | None = None,
     with_key: bool = False,
     model_state: PyTree = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> FitResult:
     """Train ``params`` for ``epochs`` epochs in one compiled program.
 
@@ -151,6 +165,17 @@ def fit(
         aux))``). The state is carried from step to step, not trained;
         evaluations and metrics (``fn(params, x, model_state=...)``) get
         it unchanged. ``res.state.model_state`` holds the final one.
+      devices: run data parallel over these devices (``jax.devices()``:
+        all of them, of every process after ``jax.distributed.initialize``):
+        each batch is split along its rows over the devices, params,
+        optimizer and model state are replicated, and the partial gradients
+        are summed across devices before each update. The batch size must
+        divide by the number of devices. Same data order and results as on
+        one device to float tolerance (the sums run in another order), the
+        same bits from run to run. Default None: JAX's default device. Over
+        several processes every process makes the same call (checked) and
+        gets the whole result; the first writes the checkpoints and draws
+        the progress bar.
 
     Returns:
       A :class:`FitResult`.
@@ -208,13 +233,31 @@ def fit(
         static=st.static,
     )
 
-    # the settings are only made with a checkpoint: they hash the data and params
-    settings = functools.partial(_settings.fit_settings, cfg, args, st, hp, lhp, eval_arrays)
+    devs = None if devices is None else _plan.check_devices(devices)
+    mesh = None if devs is None else _data_parallel.mesh(devs, args.it)
+    if mesh is not None:
+        cfg = dataclasses.replace(cfg, data_sharding=_data_parallel.sharding(mesh))
+    # the settings are only made with a checkpoint (or across processes): they hash the data and params
+    count = 1 if devs is None else len(devs)  # a data-parallel run resumes on as many devices
+    settings = functools.cache(
+        functools.partial(_settings.fit_settings, cfg, args, st, hp, lhp, eval_arrays, devices=count)
+    )
+    if devs is not None and _distributed.spans(devs):
+        asked = {"epochs": args.epochs, "checkpoint": None if checkpoint is None else os.fspath(checkpoint)}
+        _distributed.agree("gd.fit", {**settings(), **asked, "checkpoint_every": checkpoint_every})
     ckpt = _settings.checkpointer(checkpoint, checkpoint_every, settings=settings)
+    writer = devs is None or _distributed.is_writer(devs)
+    if ckpt is not None:
+        ckpt.writer = writer
     inputs = _config.inputs(cfg, args, st.init, hp, lhp, eval_arrays, first=st.first)
-    hooks = _hooks.hooks(ProgressBar(args.epochs, "fit") if progress else None, ckpt, cfg.evaluation.columns())
+    if mesh is not None:
+        inputs = _data_parallel.place(inputs, mesh)
+    elif devs is not None:
+        inputs = jax.device_put(inputs, devs[0])
+    bar = ProgressBar(args.epochs, "fit") if progress and writer else None
+    hooks = _hooks.hooks(bar, ckpt, cfg.evaluation.columns())
     with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
-        out = _runner.run(Layout(cfg), inputs, st.first + args.epochs, first=st.first, hooks=hooks)
+        out = _runner.run(Layout(cfg, mesh=mesh), inputs, st.first + args.epochs, first=st.first, hooks=hooks)
     return FitResult.build(
         cfg,
         args.it,

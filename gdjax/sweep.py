@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from gdjax import (
     _config,
+    _distributed,
     _hooks,
     _optimizer,
     _plan,
@@ -225,10 +226,17 @@ def sweep(
     settings = functools.cache(
         functools.partial(_settings.sweep_settings, cfg, args, starts, table, eval_arrays, where)
     )
+    if _distributed.spans(devs):  # every process of the run compares its arguments with the others'
+        asked = {"epochs": args.epochs, "checkpoint": None if checkpoint is None else os.fspath(checkpoint)}
+        _distributed.agree("gd.sweep", {**settings(), **asked, "checkpoint_every": checkpoint_every})
     ckpts = [
         _settings.checkpointer(checkpoint, checkpoint_every, settings=settings, prefix=f"chunk-{c.number:05d}-")
         for c in chunks
     ]
+    writer = _distributed.is_writer(devs)
+    for ckpt in ckpts:
+        if ckpt is not None:
+            ckpt.writer = writer
     with holding(ckpts):  # one lock on the folder for every chunk, until sweep returns or raises
         outs = [
             _run_chunk(
@@ -240,12 +248,12 @@ def sweep(
                 len(chunks),
                 devs[0],
                 eval_data=eval_arrays,
-                progress=progress,
+                progress=progress and writer,  # one bar, drawn by the run's first process
                 checkpointer=ckpts[c.number],
             )
             for c in chunks
         ]
-    return _result(layout, args, table, chunks, outs, devices=len(devs))
+    return _result(layout, args, table, chunks, outs, devices=devs)
 
 
 def _result(
@@ -255,10 +263,10 @@ def _result(
     chunks: list[_plan.Chunk],
     outs: list[_runner.Outcome],
     *,
-    devices: int,
+    devices: list[jax.Device],
 ) -> SweepResult:
     """Join the chunks (on the host, unless one unpadded chunk ran) into the sweep's result."""
-    if len(chunks) == 1 and chunks[0].real == len(chunks[0].rows):
+    if len(chunks) == 1 and chunks[0].real == len(chunks[0].rows) and not _distributed.spans(devices):
         run = outs[0].run  # device arrays, split over the devices as computed
     else:
         run = _runner.join([(o.run, c.real) for o, c in zip(outs, chunks, strict=True)])
@@ -272,7 +280,7 @@ def _result(
         seeds=table.seeds,
         wall_time=sum(o.run_time for o in outs),
         compile_time=sum(o.compile_time for o in outs),
-        devices=devices,
+        devices=len(devices),
         resumed_from=np.concatenate(resumed),
     )
 
@@ -315,7 +323,7 @@ def _place(layout: Layout, inputs: Inputs, device: jax.Device) -> Inputs:
     if layout.mesh is None:
         return jax.device_put(inputs, device)
     split, whole = NamedSharding(layout.mesh, P(AXIS)), NamedSharding(layout.mesh, P())
-    put = lambda tree, batched: jax.device_put(tree, split if batched else whole)  # noqa: E731
+    put = lambda tree, batched: _distributed.put(tree, split if batched else whole)  # noqa: E731
     return Inputs(
         it=put(inputs.it, False),
         init=put(inputs.init, layout.params_batched),

@@ -27,7 +27,7 @@ def memory_limit() -> tuple[int, str]:
         physical = 0
     if physical > 0:
         limit, where = int(physical * MEMORY_FRACTION), f"half of this machine's {gib(physical)}"
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     available = (stats or {}).get("bytes_limit")
     if available and (limit is None or available < limit):
