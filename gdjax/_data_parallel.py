@@ -68,6 +68,16 @@ def split(data_sharding: Any, tree: PyTree) -> PyTree:
     return jax.lax.with_sharding_constraint(tree, data_sharding)
 
 
+def whole(data_sharding: Any, tree: PyTree) -> PyTree:
+    """Rows read from the host (streamed data: by the first device's process) sent whole to every device.
+
+    Without this step XLA warns that it splits the callback's answer inefficiently, and does the same.
+    """
+    if data_sharding is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(data_sharding.mesh, P()))
+
+
 def replicated(m: Mesh | None, tree: PyTree) -> PyTree:
     """``tree`` (traced) held whole by every device of the mesh, as the run's outputs are."""
     return tree if m is None else jax.lax.with_sharding_constraint(tree, NamedSharding(m, P()))

@@ -101,6 +101,16 @@ def to_host(tree: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, leaves)
 
 
+def lost(exc: Exception) -> RuntimeError:
+    """The error a run over several processes raises when a collective fails: another process has gone."""
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RuntimeError(
+        f"process {jax.process_index()} lost contact with the other processes of this run ({cause[:200]}): one of "
+        f"them stopped or was killed, and the run cannot go on without it. Start every process again with the "
+        f"same arguments; a run with checkpoint= resumes from its newest checkpoint, exactly."
+    )
+
+
 def barrier(name: str) -> None:
     """Wait until every process has reached the barrier called ``name`` (nothing with one process)."""
     if processes() > 1:
@@ -129,7 +139,7 @@ def differences(theirs: Any, ours: Any, name: str = "") -> list[str]:
 
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def agree(what: str, settings: dict[str, Any]) -> None:

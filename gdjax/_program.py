@@ -72,12 +72,14 @@ def rows(cfg: Config, it: DataIterator, data: PyTree = None) -> _blocks.Rows:
     else:
         read, n, whole = _blocks.slicer(data), jax.tree.leaves(data)[0].shape[0], data
     if cfg.data_sharding is not None:  # data parallel: each device measures its share of the block's rows
-        read = functools.partial(_split_read, cfg.data_sharding, read)
+        streamed = isinstance(data, DataIterator | None) and not (it if data is None else data).on_device
+        read = functools.partial(_split_read, cfg.data_sharding, read, streamed)
     return _blocks.Rows(read, n, _blocks.block_rows(whole, it.batch_size, cfg.block_elements))
 
 
-def _split_read(data_sharding: Any, read: Callable, *args: Any) -> PyTree:
-    return _data_parallel.split(data_sharding, read(*args))
+def _split_read(data_sharding: Any, read: Callable, streamed: bool, *args: Any) -> PyTree:
+    rows = read(*args)
+    return _data_parallel.split(data_sharding, _data_parallel.whole(data_sharding, rows) if streamed else rows)
 
 
 def full_loss(cfg: Config, it: DataIterator, train: TrainState, loss_hparams: dict[str, jax.Array]) -> jax.Array:
@@ -174,7 +176,8 @@ def _steps(cfg: Config, it: DataIterator, run: RunState, member: _Member, key, i
     if it.on_device:
         carry, (losses, aux) = _windows(window, init, (idx, mask, pos), _window_steps(it, cfg.unroll))
     else:
-        carry, (losses, aux) = _streamed_steps(it, window, init, (idx, mask, pos), key, epoch, cfg.unroll)
+        streamed = (idx, mask, pos), key, epoch, cfg.unroll, cfg.data_sharding
+        carry, (losses, aux) = _streamed_steps(it, window, init, *streamed)
     state, diverged, diverged_at = carry
     return state, diverged, diverged_at, losses, aux
 
@@ -210,7 +213,9 @@ def _windows(window: Callable, init: tuple, xs: tuple, k: int) -> tuple:
     return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
 
 
-def _streamed_steps(it: DataIterator, window: Callable, init: tuple, xs: tuple, key, epoch, unroll: int) -> tuple:
+def _streamed_steps(
+    it: DataIterator, window: Callable, init: tuple, xs: tuple, key, epoch, unroll: int, data_sharding: Any = None
+) -> tuple:
     """The epoch's steps over streamed data: a scan over blocks of ``it.chunk_steps`` batches read from the host.
 
     Each block's read names the next block's indices (for the last, the next epoch's first), so the host
@@ -227,6 +232,7 @@ def _streamed_steps(it: DataIterator, window: Callable, init: tuple, xs: tuple, 
     def block(carry, xs):
         b_idx, b_mask, b_pos, b_next = xs
         batches = it.gather(b_idx, b_mask, b_next).data  # (steps of the block, batch, ...)
+        batches = _data_parallel.whole(data_sharding, batches)  # each step splits its batch
         return _windows(window, carry, (batches, b_mask, b_pos), w)
 
     outs = []

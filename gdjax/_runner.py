@@ -134,6 +134,10 @@ def run(
     readers = _stream.readers(inputs)
     try:
         return _run(layout, inputs, epochs, first, members, hooks, readers)
+    except jax.errors.JaxRuntimeError as exc:
+        if layout.mesh is None or not _distributed.spans(list(layout.mesh.devices.flat)):
+            raise
+        raise _distributed.lost(exc) from exc
     finally:
         for reader in readers:
             reader.close()  # let the read-ahead thread go
