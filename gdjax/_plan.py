@@ -154,6 +154,16 @@ def chunks(count: int, rows: int) -> list[Chunk]:
     ]
 
 
+def one_kind(devices: Sequence[Any]) -> None:
+    """Refuse devices of several kinds (``platform``: cpu, gpu, tpu): one program runs on one kind."""
+    kinds = sorted({d.platform for d in devices})
+    if len(kinds) > 1:
+        raise ValueError(
+            f"devices mixes {' and '.join(kinds)} devices, but one program runs on one kind: pass devices of one "
+            f"kind, e.g. devices=jax.devices({kinds[-1]!r})."
+        )
+
+
 def check_devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
     if devices is None:
         return list(jax.devices())
@@ -164,12 +174,7 @@ def check_devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         raise TypeError("devices must be a non-empty sequence of jax.Device, such as jax.devices(); or None for all.")
-    kinds = sorted({d.platform for d in devices})
-    if len(kinds) > 1:
-        raise ValueError(
-            f"devices mixes {' and '.join(kinds)} devices, but one program runs on one kind: pass devices of one "
-            f"kind, e.g. devices=jax.devices({kinds[-1]!r})."
-        )
+    one_kind(devices)
     if not any(d.process_index == jax.process_index() for d in devices):
         raise ValueError(
             f"devices holds none of this process's devices ({jax.local_devices()}), so it cannot take part: "
