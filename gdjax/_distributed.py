@@ -23,14 +23,16 @@ With one process every function here is the plain single-process operation.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, Sharding
+from jax.sharding import Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax._types import PyTree
@@ -79,6 +81,16 @@ def _gathered(x: Any) -> Any:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
+def _identity(*xs: Any) -> tuple[Any, ...]:
+    return xs
+
+
+@functools.lru_cache(maxsize=16)
+def _replicate(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
+    """A program that gathers its inputs whole onto every device of ``mesh`` (compiled once per shapes)."""
+    return jax.jit(_identity, out_shardings=NamedSharding(mesh, P()))
+
+
 def to_host(tree: PyTree) -> PyTree:
     """``tree`` with every array split over several processes gathered into one numpy array in each.
 
@@ -92,12 +104,12 @@ def to_host(tree: PyTree) -> PyTree:
         plain = [jax.random.key_data(leaves[i]) if i in keys else leaves[i] for i in split]
         mesh = plain[0].sharding.mesh if isinstance(plain[0].sharding, NamedSharding) else None
         if mesh is not None and all(getattr(x.sharding, "mesh", None) == mesh for x in plain):
-            whole = jax.jit(lambda *xs: xs, out_shardings=NamedSharding(mesh, P()))(*plain)  # one gather for all
+            whole = _replicate(mesh)(*plain)  # one gather for all
             values = [np.asarray(x.addressable_data(0)) for x in whole]
         else:
             values = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in plain]
         for i, v in zip(split, values, strict=True):
-            leaves[i] = jax.random.wrap_key_data(v, impl=jax.random.key_impl(leaves[i])) if i in keys else v
+            leaves[i] = jax.random.wrap_key_data(jnp.asarray(v), impl=jax.random.key_impl(leaves[i])) if i in keys else v
     return jax.tree.unflatten(treedef, leaves)
 
 

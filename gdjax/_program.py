@@ -66,6 +66,7 @@ from gdjax.step import TrainState, make_step
 
 def rows(cfg: Config, it: DataIterator, data: PyTree = None) -> _blocks.Rows:
     """The training data (or another data set shaped like it) as full-data passes read it, in blocks."""
+    read: Callable[..., PyTree]
     if data is None or isinstance(data, DataIterator):
         source = it if data is None else data
         read, n, whole = source.read, source.num_examples, source.data
