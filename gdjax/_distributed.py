@@ -109,7 +109,8 @@ def to_host(tree: PyTree) -> PyTree:
         else:
             values = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in plain]
         for i, v in zip(split, values, strict=True):
-            leaves[i] = jax.random.wrap_key_data(jnp.asarray(v), impl=jax.random.key_impl(leaves[i])) if i in keys else v
+            impl = jax.random.key_impl(leaves[i]) if i in keys else None
+            leaves[i] = v if impl is None else jax.random.wrap_key_data(jnp.asarray(v), impl=impl)
     return jax.tree.unflatten(treedef, leaves)
 
 
