@@ -71,7 +71,8 @@ def split(data_sharding: Any, tree: PyTree) -> PyTree:
 def whole(data_sharding: Any, tree: PyTree) -> PyTree:
     """Rows read from the host (streamed data: by the first device's process) sent whole to every device.
 
-    Without this step XLA warns that it splits the callback's answer inefficiently, and does the same.
+    The callback answers on one device; XLA would otherwise warn that it splits that answer the slow way
+    (by sending it whole first, which this does without the warning).
     """
     if data_sharding is None:
         return tree

@@ -124,12 +124,6 @@ def lost(exc: Exception) -> RuntimeError:
     )
 
 
-def barrier(name: str) -> None:
-    """Wait until every process has reached the barrier called ``name`` (nothing with one process)."""
-    if processes() > 1:
-        multihost_utils.sync_global_devices(f"gdjax: {name}")
-
-
 def _gather_bytes(payload: bytes) -> list[bytes]:
     """Every process's ``payload``, in process order (a collective)."""
     size = np.array([len(payload)], np.int64)

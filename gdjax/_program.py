@@ -79,8 +79,8 @@ def rows(cfg: Config, it: DataIterator, data: PyTree = None) -> _blocks.Rows:
 
 
 def _split_read(data_sharding: Any, read: Callable, streamed: bool, *args: Any) -> PyTree:
-    rows = read(*args)
-    return _data_parallel.split(data_sharding, _data_parallel.whole(data_sharding, rows) if streamed else rows)
+    block = read(*args)
+    return _data_parallel.split(data_sharding, _data_parallel.whole(data_sharding, block) if streamed else block)
 
 
 def full_loss(cfg: Config, it: DataIterator, train: TrainState, loss_hparams: dict[str, jax.Array]) -> jax.Array:

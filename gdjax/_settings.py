@@ -176,7 +176,10 @@ def fit_settings(
     eval_data: Any,
     devices: int = 1,
 ) -> dict[str, Any]:
-    """What a fit's checkpoints record (called only with a checkpoint: it hashes the data and params)."""
+    """What a fit's checkpoints record, and what processes compare (it hashes the data and params: called only then).
+
+    ``devices``: the devices a data-parallel fit splits its batches over (1: one device).
+    """
     trained = start.init.params
     params = start_settings(start)
     return run_settings("fit", cfg, args, trained, params, hyperparams, loss_hyperparams, eval_data, devices=devices)
