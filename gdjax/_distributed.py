@@ -114,6 +114,18 @@ def to_host(tree: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, leaves)
 
 
+#: How XLA's failed statuses begin (a failed collective reaches Python as JaxRuntimeError or, from some
+#: helpers, ValueError with the status in front).
+_STATUSES = ("UNKNOWN:", "UNAVAILABLE:", "INTERNAL:", "DEADLINE_EXCEEDED:", "ABORTED:", "CANCELLED:")
+
+
+def is_lost(exc: Exception) -> bool:
+    """Whether ``exc`` is a failed exchange between processes (not an error of the caller's arguments)."""
+    return isinstance(exc, jax.errors.JaxRuntimeError) or (
+        isinstance(exc, ValueError) and str(exc).lstrip().startswith(_STATUSES)
+    )
+
+
 def lost(exc: Exception) -> RuntimeError:
     """The error a run over several processes raises when a collective fails: another process has gone."""
     cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -122,6 +134,23 @@ def lost(exc: Exception) -> RuntimeError:
         f"them stopped or was killed, and the run cannot go on without it. Start every process again with the "
         f"same arguments; a run with checkpoint= resumes from its newest checkpoint, exactly."
     )
+
+
+def from_first(value: int) -> int:
+    """Process 0's ``value`` in every process (a collective): where the processes would choose apart."""
+    return int(np.asarray(multihost_utils.broadcast_one_to_all(np.array(value, np.int64))))
+
+
+def check_same(value: int, what: str, fix: str) -> None:
+    """Refuse, in every process, an integer ``value`` that is not the same in all (a collective).
+
+    Raises:
+      ValueError: ``what`` differs, with each process's value, and ``fix``.
+    """
+    values = np.asarray(multihost_utils.process_allgather(np.array([value], np.int64))).reshape(-1)
+    if (values != values[0]).any():
+        shown = ", ".join(f"{v} in process {i}" for i, v in enumerate(values.tolist()))
+        raise ValueError(f"{what} differs between the processes ({shown}): {fix}")
 
 
 def _gather_bytes(payload: bytes) -> list[bytes]:
@@ -149,8 +178,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def agree(what: str, settings: dict[str, Any]) -> None:
-    """Refuse, in every process, a run whose ``settings`` differ between processes (nothing with one process).
+def agree(what: str, settings: dict[str, Any], **asked: Any) -> None:
+    """Refuse, in every process, a run whose ``settings`` (and ``asked``) differ between processes.
+
+    Nothing happens with one process. ``asked`` are the call's other arguments (epochs, the checkpoint
+    folder, ...), compared by their ``str`` where they are not JSON.
 
     Each process sends the JSON of its settings to all; each compares every
     process's with process 0's, so all raise the same error together instead
@@ -161,7 +193,7 @@ def agree(what: str, settings: dict[str, Any]) -> None:
     """
     if processes() == 1:
         return
-    mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    mine = json.loads(json.dumps({**settings, **asked}, sort_keys=True, default=str))
     every = [json.loads(b) for b in _gather_bytes(json.dumps(mine, sort_keys=True).encode())]
     for index, theirs in enumerate(every[1:], start=1):
         diffs = differences(every[0], theirs)
@@ -171,5 +203,5 @@ def agree(what: str, settings: dict[str, Any]) -> None:
             raise ValueError(
                 f"{what} was called with other arguments in process {index} than in process 0: {shown}{more}. "
                 f"Every process must make the same call with the same data, params, key and options (build "
-                f"them from the same file or seed); only progress= may differ."
+                f"them from the same file or seed)."
             )

@@ -134,8 +134,8 @@ def run(
     readers = _stream.readers(inputs)
     try:
         return _run(layout, inputs, epochs, first, members, hooks, readers)
-    except jax.errors.JaxRuntimeError as exc:
-        if layout.mesh is None or not _distributed.spans(list(layout.mesh.devices.flat)):
+    except (jax.errors.JaxRuntimeError, ValueError) as exc:
+        if not (_spans(layout) and _distributed.is_lost(exc)):
             raise
         raise _distributed.lost(exc) from exc
     finally:
@@ -158,6 +158,13 @@ def _run(
     state = _stream.wait(lambda: start.program(inputs), readers)
     for hook in hooks:
         state = hook.start(state, history)
+    if hooks and _spans(layout):  # every process restored from its view of the folder: it must be the same one
+        mine = max(int(np.max(np.asarray(s.data))) for s in state.epoch.addressable_shards)
+        _distributed.check_same(
+            mine,
+            "the epoch of the newest checkpoint",
+            "every process must see the same checkpoint folder (a file system they share); delete it to start again.",
+        )
     resumed = int(np.max(_distributed.to_host(state.epoch))) if hooks else first  # only a hook can restore
     if resumed > epochs:
         raise ValueError(
@@ -189,6 +196,8 @@ def _drive(
     while not status.finished:
         wishes = [hook.stop_at(status, train.seconds_per_epoch) for hook in hooks]
         target = min([epochs, history.limit(), *(w for w in wishes if w is not None)])
+        if hooks and _spans(layout):  # the processes call the program (and gather) alike: process 0's timing rules
+            target = _distributed.from_first(target)
         t0 = time.perf_counter()
         bound = _scalar(layout, target)
         state = _stream.wait(lambda: train.program(inputs, state, bound), readers)  # noqa: B023 (called at once)
@@ -207,6 +216,11 @@ def _drive(
     for hook in hooks:
         hook.close(status)
     return state
+
+
+def _spans(layout: Layout) -> bool:
+    """Whether the layout's devices belong to several processes (each runs this driver in step with the others)."""
+    return layout.mesh is not None and _distributed.spans(list(layout.mesh.devices.flat))
 
 
 def _status(state: RunState, epochs: int, members: int, first: int) -> Status:

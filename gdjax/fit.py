@@ -243,8 +243,8 @@ def fit(
         functools.partial(_settings.fit_settings, cfg, args, st, hp, lhp, eval_arrays, devices=count)
     )
     if devs is not None and _distributed.spans(devs):
-        asked = {"epochs": args.epochs, "checkpoint": None if checkpoint is None else os.fspath(checkpoint)}
-        _distributed.agree("gd.fit", {**settings(), **asked, "checkpoint_every": checkpoint_every})
+        asked = {"epochs": args.epochs, "checkpoint": checkpoint, "every": checkpoint_every, "progress": progress}
+        _distributed.agree("gd.fit", settings(), **asked)
     ckpt = _settings.checkpointer(checkpoint, checkpoint_every, settings=settings)
     writer = devs is None or _distributed.is_writer(devs)
     if ckpt is not None:
@@ -254,7 +254,7 @@ def fit(
         inputs = _data_parallel.place(inputs, mesh)
     elif devs is not None:
         inputs = jax.device_put(inputs, devs[0])
-    bar = ProgressBar(args.epochs, "fit") if progress and writer else None
+    bar = ProgressBar(args.epochs, "fit", quiet=not writer) if progress else None
     hooks = _hooks.hooks(bar, ckpt, cfg.evaluation.columns())
     with holding([ckpt]):  # the folder is locked (and checked) until fit returns or raises
         out = _runner.run(Layout(cfg, mesh=mesh), inputs, st.first + args.epochs, first=st.first, hooks=hooks)

@@ -18,6 +18,7 @@ line every few seconds otherwise. No dependency beyond the standard library.
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from typing import IO
@@ -33,7 +34,7 @@ LOG_INTERVAL = 5.0
 
 
 class ProgressBar:
-    """A text progress bar over epochs.
+    """A text progress bar over epochs (``quiet``: kept but not shown, as in the other processes of a run).
 
     Example:
       >>> import io
@@ -45,9 +46,11 @@ class ProgressBar:
       True
     """
 
-    def __init__(self, total: int, desc: str, *, members: int = 1, file: IO[str] | None = None) -> None:
+    def __init__(
+        self, total: int, desc: str, *, members: int = 1, file: IO[str] | None = None, quiet: bool = False
+    ) -> None:
         self.total, self.desc, self.members = total, desc, members
-        self.file = file if file is not None else sys.stderr
+        self.file = io.StringIO() if quiet else file if file is not None else sys.stderr  # quiet: drawn unseen
         self.tty = bool(getattr(self.file, "isatty", lambda: False)())
         self.start = time.perf_counter()
         self.last_draw = -np.inf

@@ -227,8 +227,8 @@ def sweep(
         functools.partial(_settings.sweep_settings, cfg, args, starts, table, eval_arrays, where)
     )
     if _distributed.spans(devs):  # every process of the run compares its arguments with the others'
-        asked = {"epochs": args.epochs, "checkpoint": None if checkpoint is None else os.fspath(checkpoint)}
-        _distributed.agree("gd.sweep", {**settings(), **asked, "checkpoint_every": checkpoint_every})
+        asked = {"epochs": args.epochs, "checkpoint": checkpoint, "every": checkpoint_every, "progress": progress}
+        _distributed.agree("gd.sweep", settings(), **asked)
     ckpts = [
         _settings.checkpointer(checkpoint, checkpoint_every, settings=settings, prefix=f"chunk-{c.number:05d}-")
         for c in chunks
@@ -248,7 +248,8 @@ def sweep(
                 len(chunks),
                 devs[0],
                 eval_data=eval_arrays,
-                progress=progress and writer,  # one bar, drawn by the run's first process
+                progress=progress,
+                writer=writer,
                 checkpointer=ckpts[c.number],
             )
             for c in chunks
@@ -296,6 +297,7 @@ def _run_chunk(
     *,
     eval_data: PyTree,
     progress: bool,
+    writer: bool,
     checkpointer: Checkpointer | None,
 ) -> _runner.Outcome:
     """Place one chunk's inputs on its devices and run it (from the sweep's first epoch, ``args.epochs`` more)."""
@@ -312,7 +314,7 @@ def _run_chunk(
         first=first,
     )
     desc = "sweep" if num_chunks == 1 else f"sweep, chunk {chunk.number + 1}/{num_chunks}"
-    bar = ProgressBar(args.epochs, desc, members=chunk.real) if progress else None
+    bar = ProgressBar(args.epochs, desc, members=chunk.real, quiet=not writer) if progress else None
     hooks = _hooks.hooks(bar, checkpointer, layout.cfg.evaluation.columns())
     last = first + args.epochs
     return _runner.run(layout, _place(layout, inputs, device), last, first=first, members=chunk.real, hooks=hooks)

@@ -6,8 +6,8 @@
 ``OUT/<mode>-<pid>.npz`` (and a JSON of messages beside it).
 
 Modes:
-  runs: a call whose arguments differ between processes (refused), a 6-member
-    sweep with evaluation and a checkpoint, a data-parallel fit with a
+  runs: calls whose arguments differ between processes (refused), a 6-member
+    sweep with a progress bar, the same with evaluation and a checkpoint, a data-parallel fit with a
     checkpoint, the same fit again, and the fit on streamed data; the
     reference also fits on one device and tries to resume the two-process
     checkpoint (refused: another process count).
@@ -55,6 +55,11 @@ def runs() -> tuple[dict, dict]:
             sweep(learning_rates=LRS * (1 + PID))
         except ValueError as exc:
             messages["mismatch"] = str(exc)
+        try:
+            sweep(learning_rates=LRS, progress=PID == 0)
+        except ValueError as exc:
+            messages["progress"] = str(exc)
+    shown = sweep(learning_rates=LRS, progress=True)  # without a checkpoint: process 0 alone times the bar
     metrics = {"abs": lambda p, ex: abs(model.apply(p, ex["x"]) - ex["y"])}
     folder = os.path.join(OUT, "ckpt-sweep")
     if PID < 0:
@@ -73,6 +78,7 @@ def runs() -> tuple[dict, dict]:
     stream = gd.fit(model.loss, p0, optax.sgd, streamed, devices=jax.devices(), **kw)
     out = {
         "sweep_losses": sw.losses,
+        "shown_losses": shown.losses,
         "sweep_final": sw.final_loss,
         "sweep_eval": sw.history["eval_abs"],
         "fit_losses": fit.losses,

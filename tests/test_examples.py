@@ -110,3 +110,30 @@ def test_choose_batch_size(tmp_path, capsys):
     assert study.noise_scale_at_target == pytest.approx(simple, rel=1e-2)  # gd.noise_scale is B_simple
     text = capsys.readouterr().out
     assert "what to pick: batch size" in text and "exact at the target" in text
+
+
+def test_multiprocess_sweep(tmp_path):
+    """Two local processes joined by jax.distributed (the README's one-machine command), then one alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "multiprocess_sweep.py"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, str(script), "--quick", *args], env=env, capture_output=True, text=True, timeout=240
+    )
+    two = run("--spawn", "2", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "ckpt"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    out = two.stdout
+    assert "2 process(es), 2 device(s) in all (1 here); 8 members, 4 per device" in out
+    assert all(f"process {i}: the whole result, 8 members: True" in out for i in (0, 1))
+    assert "best learning rate" in out and "data-parallel fit over 2 device(s), batches of 128" in out
+    assert (tmp_path / "multiprocess_sweep.png").is_file()
+    assert two.stderr.count("sweep: epoch 3/3") == 1  # one progress bar, drawn by process 0
+    assert len(list((tmp_path / "ckpt").glob("chunk-*.npz"))) == 2  # one writer
+    alone = run("--local", "--checkpoint", str(tmp_path / "ckpt"))  # another process count: refused, clearly
+    assert alone.returncode != 0 and "processes: 2 there, 1 now" in alone.stderr
+    bad = run("--num-processes", "2")
+    assert bad.returncode == 2 and "--num-processes above 1 needs --coordinator" in bad.stderr
