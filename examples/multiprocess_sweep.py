@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint=args.checkpoint,
     )
     seconds = time.perf_counter() - t0
+    if sw.resumed_from.max() > 0:
+        say(f"resumed from the checkpoint at epoch {sw.resumed_from.max()}")
     whole = sw.final_loss.shape == (members,)
     print(f"process {jax.process_index()}: the whole result, {sw.final_loss.shape[0]} members: {whole}", flush=True)
     best = sw.best_index

@@ -57,6 +57,43 @@ def is_writer(devices: Sequence[jax.Device] | None = None) -> bool:
     return jax.process_index() == min(owners)
 
 
+#: How XLA's failed statuses begin (a failed collective reaches Python as JaxRuntimeError or, from some
+#: helpers, ValueError with the status in front).
+_STATUSES = ("UNKNOWN:", "UNAVAILABLE:", "INTERNAL:", "DEADLINE_EXCEEDED:", "ABORTED:", "CANCELLED:")
+
+
+def is_lost(exc: Exception) -> bool:
+    """Whether ``exc`` is a failed exchange between processes (not an error of the caller's arguments)."""
+    return isinstance(exc, jax.errors.JaxRuntimeError) or (
+        isinstance(exc, ValueError) and str(exc).lstrip().startswith(_STATUSES)
+    )
+
+
+def lost(exc: Exception) -> RuntimeError:
+    """The error a run over several processes raises when a collective fails: another process has gone."""
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RuntimeError(
+        f"process {jax.process_index()} lost contact with the other processes of this run ({cause[:200]}): one of "
+        f"them stopped or was killed, and the run cannot go on without it. Start every process again with the "
+        f"same arguments; a run with checkpoint= resumes from its newest checkpoint, exactly."
+    )
+
+
+def _exchange(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (an exchange between processes) with a failed exchange reported as a lost process."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (jax.errors.JaxRuntimeError, ValueError) as exc:
+            if is_lost(exc):
+                raise lost(exc) from exc
+            raise
+
+    return wrapper
+
+
 def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -91,6 +128,7 @@ def _replicate(mesh: Mesh) -> Callable[..., tuple[Any, ...]]:
     return jax.jit(_identity, out_shardings=NamedSharding(mesh, P()))
 
 
+@_exchange
 def to_host(tree: PyTree) -> PyTree:
     """``tree`` with every array split over several processes gathered into one numpy array in each.
 
@@ -114,28 +152,7 @@ def to_host(tree: PyTree) -> PyTree:
     return jax.tree.unflatten(treedef, leaves)
 
 
-#: How XLA's failed statuses begin (a failed collective reaches Python as JaxRuntimeError or, from some
-#: helpers, ValueError with the status in front).
-_STATUSES = ("UNKNOWN:", "UNAVAILABLE:", "INTERNAL:", "DEADLINE_EXCEEDED:", "ABORTED:", "CANCELLED:")
-
-
-def is_lost(exc: Exception) -> bool:
-    """Whether ``exc`` is a failed exchange between processes (not an error of the caller's arguments)."""
-    return isinstance(exc, jax.errors.JaxRuntimeError) or (
-        isinstance(exc, ValueError) and str(exc).lstrip().startswith(_STATUSES)
-    )
-
-
-def lost(exc: Exception) -> RuntimeError:
-    """The error a run over several processes raises when a collective fails: another process has gone."""
-    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return RuntimeError(
-        f"process {jax.process_index()} lost contact with the other processes of this run ({cause[:200]}): one of "
-        f"them stopped or was killed, and the run cannot go on without it. Start every process again with the "
-        f"same arguments; a run with checkpoint= resumes from its newest checkpoint, exactly."
-    )
-
-
+@_exchange
 def from_first(value: int) -> int:
     """Process 0's ``value`` in every process (a collective): where the processes would choose apart."""
     return int(np.asarray(multihost_utils.broadcast_one_to_all(np.array(value, np.int64))))
@@ -147,12 +164,19 @@ def check_same(value: int, what: str, fix: str) -> None:
     Raises:
       ValueError: ``what`` differs, with each process's value, and ``fix``.
     """
-    values = np.asarray(multihost_utils.process_allgather(np.array([value], np.int64))).reshape(-1)
+    values = _gather_ints(value)
     if (values != values[0]).any():
         shown = ", ".join(f"{v} in process {i}" for i, v in enumerate(values.tolist()))
         raise ValueError(f"{what} differs between the processes ({shown}): {fix}")
 
 
+@_exchange
+def _gather_ints(value: int) -> np.ndarray:
+    """Every process's ``value``, in process order (a collective)."""
+    return np.asarray(multihost_utils.process_allgather(np.array([value], np.int64))).reshape(-1)
+
+
+@_exchange
 def _gather_bytes(payload: bytes) -> list[bytes]:
     """Every process's ``payload``, in process order (a collective)."""
     size = np.array([len(payload)], np.int64)

@@ -43,6 +43,12 @@ EXPECTED = {
         "(c) with eval data: eval_every=1 / eval_every=0",
         "gd ways agree",
     ],
+    "bench_distributed": [
+        "vs (a)",
+        "same results (a) and (b), bit for bit: True",
+        "ratios: (b)/(a) 2 processes / 1 process (2 devices) =",
+        "8 forced devices / 1 device =",
+    ],
     "bench_study": [
         "compile (a)",
         "where (a)'s",
