@@ -113,8 +113,8 @@ def _child(way: str, pid: int, processes: int, port: int, quick: bool, repeats: 
 def main(argv: list[str] | None = None) -> int:
     args = tm.parse(tm.parser(__doc__, default_repeats=5), argv)
     repeats, quick = args.repeats, args.quick
-    tm.print_header(quick)
-    report: dict[str, Any] = {"quick": quick, "repeats": repeats}
+    info = tm.print_header(quick)
+    report: dict[str, Any] = {"machine": info, "quick": quick, "repeats": repeats}
     tm.say("\n=== sweep of 64 learning rates (4 with --quick): two processes against one ===")
     ways = {
         "(a) 1 process, 2 devices": _spawn("sweep", 2, quick, repeats),
