@@ -20,7 +20,9 @@ Contract:
   members inside the program, so it cannot touch the others;
 * with several devices, the member axis is split across them with
   ``jax.shard_map`` over a one-axis ``Mesh`` (members padded to a multiple of
-  the device count, the padding dropped from the results).
+  the device count, the padding dropped from the results); the devices may
+  belong to several processes (``jax.distributed``), each running the same
+  call and getting every member's results.
 """
 
 from __future__ import annotations
@@ -127,7 +129,11 @@ def sweep(
       chunk_size: run at most this many members at a time (one compiled
         program for every chunk) to bound memory.
       devices: devices to split the members over; default all of
-        ``jax.devices()`` (one device: no splitting).
+        ``jax.devices()`` (one device: no splitting). After
+        ``jax.distributed.initialize`` that is every process's devices:
+        every process makes the same call (compared before compiling), gets
+        the whole result, the same bits as one process with as many
+        devices; the first process draws the bar and writes checkpoints.
       has_aux: ``loss_fn`` returns ``(loss, aux)``.
       batched: ``loss_fn`` takes a whole :class:`gdjax.Batch`.
       progress: show one progress bar for the whole sweep on standard error
