@@ -20,13 +20,15 @@ import os
 import sys
 import time
 
-MODE, PID, COUNT, PORT, OUT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-if PID < 0:
+SCRIPT = __name__ == "__main__"  # pytest's doctest collection imports this file too: then it does nothing
+ARGS = sys.argv[1:6] if SCRIPT else ["runs", "-1", "1", "0", "."]
+MODE, PID, COUNT, PORT, OUT = ARGS[0], int(ARGS[1]), int(ARGS[2]), ARGS[3], ARGS[4]
+if SCRIPT and PID < 0:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={COUNT}"
 
 import jax  # noqa: E402
 
-if PID >= 0:
+if SCRIPT and PID >= 0:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{PORT}", num_processes=COUNT, process_id=PID, heartbeat_timeout_seconds=10)
 
